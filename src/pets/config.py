@@ -1,0 +1,219 @@
+"""Typed, validated params: one frozen model per `params.yaml` section, every field documented.
+
+An unknown key, a wrong type or an out-of-range value stops a stage with one line that names the
+key and what it accepts (`PetsError`)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pets.errors import PetsError
+
+PETS_URL = "https://s3.amazonaws.com/fast-ai-imageclas/oxford-iiit-pet.tgz"
+PETS_MD5 = "e4db5c768afd933bb91f5f594d7417a4"
+NAME_RE = r"/([^/]+)_\d+.jpg$"
+
+
+class Section(BaseModel):
+    """A params section: unknown keys are errors and values cannot change once loaded."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _relative(value: str) -> str:
+    path = PurePosixPath(value)
+    if path.is_absolute() or ".." in path.parts:
+        raise ValueError("must be a relative path inside the data set folder")
+    return value
+
+
+class TrackingParams(Section):
+    """MLflow tracking; not a dependency of any stage, so changing it reruns nothing."""
+
+    enabled: bool = Field(True, description="log each stage to MLflow")
+    experiment: str = Field("pets", min_length=1, description="MLflow experiment name")
+
+
+class DataParams(Section):
+    """The `download` stage (the lesson's `untar_data`)."""
+
+    url: str = Field(PETS_URL, min_length=1, description="http(s)/file:// URL or local path")
+    md5: str | None = Field(PETS_MD5, description="expected md5 of the archive; null: no check")
+
+    @field_validator("md5")
+    @classmethod
+    def _md5_hex(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[0-9a-fA-F]{32}", value):
+            raise ValueError("must be 32 hex digits or null")
+        return value.lower() if value else value
+
+
+class LabelsParams(Section):
+    """The `labels` stage (the lesson's `get_image_files` and `ImageDataBunch.from_*`)."""
+
+    method: Literal["name_re", "folder", "csv", "name_func", "lists"] = Field(
+        "name_re", description="how a photo gets its label"
+    )
+    folder: str = Field("images", description="subfolder of the data set to search; '' = root")
+    pattern: str = Field(NAME_RE, description="name_re: regex on '/'+path, group 1 is the label")
+    train_folder: str = Field("train", min_length=1, description="folder: training subfolder")
+    valid_folder: str = Field("valid", min_length=1, description="folder: validation subfolder")
+    csv_file: str = Field("labels.csv", min_length=1, description="csv: name,label[,is_valid]")
+    func: str = Field("", description="name_func: 'module:function' taking a path")
+    labels_file: str = Field("labels.txt", min_length=1, description="lists: a label per line")
+    valid_pct: float = Field(0.2, gt=0, lt=1, description="share of photos held out for valid")
+
+    @field_validator("folder", "csv_file", "labels_file")
+    @classmethod
+    def _inside(cls, value: str) -> str:
+        return _relative(value)
+
+    @field_validator("pattern")
+    @classmethod
+    def _regex(cls, value: str) -> str:
+        try:
+            compiled = re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"is not a valid regular expression ({exc})") from None
+        if compiled.groups < 1:
+            raise ValueError("needs a capture group: group 1 is the label")
+        return value
+
+    @model_validator(mode="after")
+    def _func_named(self) -> LabelsParams:
+        if self.method == "name_func" and not re.fullmatch(r"[\w.]+:\w+", self.func):
+            raise ValueError(
+                "labels.func: name_func needs 'module:function', e.g. 'mylabels:breed'"
+            )
+        return self
+
+
+class CacheParams(Section):
+    """The `cache` stage: every photo decoded once, resized, kept as uint8 pixels."""
+
+    size: int = Field(448, ge=32, le=4096, description="long side of each cached photo, pixels")
+
+
+class AugmentParams(Section):
+    """The lesson's `get_transforms()`, used by `preview` and every training stage."""
+
+    do_flip: bool = Field(True, description="random horizontal flip, p=0.5")
+    flip_vert: bool = Field(False, description="also flip vertically and rotate by 90 degrees")
+    max_rotate: float = Field(10.0, ge=0, le=180, description="rotate U(-max, max) degrees")
+    max_zoom: float = Field(1.1, ge=1, le=4, description="zoom U(1, max_zoom)")
+    max_warp: float = Field(0.2, ge=0, lt=1, description="perspective warp magnitude")
+    p_affine: float = Field(0.75, ge=0, le=1, description="probability of each affine transform")
+    max_lighting: float = Field(0.2, ge=0, lt=1, description="brightness and contrast change")
+    p_lighting: float = Field(0.75, ge=0, le=1, description="probability of a lighting change")
+    pad_mode: Literal["reflection", "border", "zeros"] = Field(
+        "reflection", description="how pixels outside the photo are filled"
+    )
+
+
+class PreviewParams(Section):
+    """The `preview` stage (the lesson's `show_batch`)."""
+
+    rows: int = Field(3, ge=1, le=10, description="a rows x rows grid")
+    size: int = Field(224, ge=16, le=1024, description="training size shown (train_frozen.size)")
+
+
+class Params(Section):
+    """All of `params.yaml`: shared keys, then one section per stage."""
+
+    seed: int = Field(2, ge=0, description="seeds the split, shuffling, augmentation and init")
+    device: Literal["auto", "cuda", "cpu"] = Field("auto", description="auto = cuda if present")
+    tracking: TrackingParams = TrackingParams()
+    data: DataParams = DataParams()
+    labels: LabelsParams = LabelsParams()
+    cache: CacheParams = CacheParams()
+    augment: AugmentParams = AugmentParams()
+    preview: PreviewParams = PreviewParams()
+
+
+# The params each stage reads: its own section plus shared keys. The Snakefile's `params:`, the
+# DVC `params:` lists and the MLflow run's params all come from here (tests check the first two).
+STAGE_PARAMS: dict[str, tuple[str, ...]] = {
+    "download": ("data",),
+    "labels": ("labels", "seed"),
+    "cache": ("cache",),
+    "preview": ("preview", "augment", "seed"),
+}
+
+
+def stage_params(params: Params, stage: str) -> dict[str, Any]:
+    """The values `stage` depends on, keyed by their params.yaml names."""
+    return {key: _plain(getattr(params, key)) for key in STAGE_PARAMS[stage]}
+
+
+def _plain(value: Any) -> Any:
+    return value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+
+
+def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`{"labels": {"valid_pct": 0.2}}` -> `{"labels.valid_pct": 0.2}` (MLflow's params shape)."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _allowed(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The keys allowed at `loc`'s parent, for the unknown-key message."""
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
+
+
+def describe(error: ValidationError, source: str) -> str:
+    """The first validation problem as one line: `source: key: what is wrong (got value)`."""
+    first = error.errors()[0]
+    loc = tuple(first["loc"])
+    key = ".".join(str(part) for part in loc)
+    if first["type"] == "extra_forbidden":
+        allowed = ", ".join(_allowed(Params, loc))
+        return f"{source}: {key}: unknown key; allowed here: {allowed}"
+    message = first["msg"].removeprefix("Value error, ")
+    if re.match(rf"{re.escape(key)}[.:]", message):
+        return f"{source}: {message}"
+    got = first.get("input")
+    shown = "" if isinstance(got, dict) or got is None else f" (got {got!r})"
+    prefix = f"{key}: " if key else ""
+    return f"{source}: {prefix}{message[:1].lower()}{message[1:]}{shown}"
+
+
+def parse_params(raw: Any, source: str = "params.yaml") -> Params:
+    """Validate a loaded YAML document into `Params`, or raise a one-line `PetsError`."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise PetsError(f"{source}: must be a mapping of sections, not {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        raise PetsError(describe(exc, source)) from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate `params.yaml`."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise PetsError(f"{path}: params file not found") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise PetsError(f"{path}:{where} is not valid YAML") from None
+    return parse_params(raw, str(path))

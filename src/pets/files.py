@@ -1,0 +1,67 @@
+"""Outputs written atomically (a temporary sibling renamed when complete) and file hashes."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+
+def remove(path: Path) -> None:
+    """Delete a file, a link or a folder tree; nothing if it does not exist."""
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.is_dir():
+        shutil.rmtree(path)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary sibling of `path` to write (a file or a folder); it becomes `path` only
+    when the block finishes, so a killed stage never leaves an output that looks finished."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Leftovers of a killed run are hidden dot-files: remove them before starting again.
+    for stale in path.parent.glob(f".{path.name}.tmp-*"):
+        remove(stale)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        yield tmp
+        if tmp.is_dir():
+            remove(path)
+        os.replace(tmp, path)
+    finally:
+        remove(tmp)
+
+
+def write_json(path: str | os.PathLike[str], obj: Any) -> None:
+    """Write `obj` as stable, indented JSON (sorted keys, trailing newline), atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n")
+
+
+def write_csv(path: str | os.PathLike[str], frame: pd.DataFrame) -> None:
+    """Write a table as CSV without its index, atomically, floats in a stable repr."""
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False, lineterminator="\n")
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    """Read a JSON file written by a stage."""
+    return json.loads(Path(path).read_text())
+
+
+def md5_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    """The md5 hex digest of a file's bytes, read in chunks."""
+    digest = hashlib.md5()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,56 @@
+"""What every stage script shares: its command line, params loading, one-line errors and exit
+codes, and its MLflow run."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+
+from pets.config import Params, load_params
+from pets.errors import PetsError
+from pets.tracking import Tracker, stage_run
+
+
+def stage_parser(doc: str | None) -> argparse.ArgumentParser:
+    """An argument parser whose help is the stage's docstring, with `--params`."""
+    parser = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--params",
+        type=Path,
+        default=Path("params.yaml"),
+        help="params file (default: %(default)s)",
+    )
+    return parser
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    # Snakemake and DVC stop jobs with SIGTERM: unwind like Ctrl-C so the run is marked KILLED
+    # and temporary files are removed.
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def run_stage(
+    stage: str,
+    params_path: Path,
+    body: Callable[[Params, Tracker], None],
+) -> None:
+    """Load and validate params, open the stage's MLflow run, run `body`; a `PetsError` becomes
+    one line on stderr and exit status 1, an interrupt exit status 130."""
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        params = load_params(params_path)
+        project = params_path.resolve().parent
+        with stage_run(stage, params, project) as tracker:
+            body(params, tracker)
+    except PetsError as exc:
+        print(f"{stage}: error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print(f"{stage}: interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,238 @@
+"""Everything MLflow: where runs go, one parent run per pipeline invocation (a `snakemake` or
+`dvc repro` command), one child run per stage that ran, and the lineage tags on each."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import platform
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import psutil
+from filelock import FileLock
+
+import pets
+from pets.config import Params, flatten, stage_params
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
+PIPELINE_ENV = "PETS_PIPELINE"  # set by the Snakefile so cluster jobs share one parent run
+PIPELINE_TOOLS = ("snakemake", "dvc")
+TERMINAL = ("FAILED", "KILLED")
+
+
+class Tracker:
+    """Where a stage reports what it did. This base class records nothing: tracking is off."""
+
+    run_id: str | None = None
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        """Record parameters (flat keys)."""
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        """Record metrics, at `step` (the epoch) when given."""
+
+    def log_artifact(self, path: Path, folder: str | None = None) -> None:
+        """Attach a file (a figure, a table) to the run."""
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        """Record tags (lineage: code, data, software, device)."""
+
+
+class MlflowTracker(Tracker):
+    """A stage's MLflow run, written through one client."""
+
+    def __init__(self, client: MlflowClient, run_id: str) -> None:
+        self.client = client
+        self.run_id = run_id
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(key, str(value)[:6000]) for key, value in params.items()]
+        for start in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[start : start + 100])
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(key, float(value), now, step or 0) for key, value in metrics.items()]
+        self.client.log_batch(self.run_id, metrics=items)
+
+    def log_artifact(self, path: Path, folder: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), folder)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
+def tracking_uri(project: Path) -> str:
+    """`$MLFLOW_TRACKING_URI`, else the SQLite file `mlflow.db` at the project root as an
+    absolute URI (so it does not move with the working directory)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project.resolve() / 'mlflow.db'}"
+
+
+def enabled(params: Params) -> bool:
+    """Whether stages log to MLflow: `tracking.enabled`, unless `PETS_TRACKING=0` is set."""
+    return params.tracking.enabled and os.environ.get("PETS_TRACKING", "1") != "0"
+
+
+def _quiet() -> None:
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def client_for(project: Path) -> MlflowClient:
+    """An MLflow client on the project's tracking store."""
+    _quiet()
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri(project))
+
+
+def experiment_id(client: MlflowClient, name: str, project: Path) -> str:
+    """The id of experiment `name`, created with artifacts under the project's `mlruns/`."""
+    from mlflow.exceptions import MlflowException
+
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=(project / "mlruns").as_uri())
+    except MlflowException:  # another stage created it first
+        return client.get_experiment_by_name(name).experiment_id
+
+
+def prepare(project: Path, params: Params) -> None:
+    """Create the tracking database and experiment once, before parallel jobs start."""
+    if enabled(params):
+        with _lock(project):
+            experiment_id(client_for(project), params.tracking.experiment, project)
+
+
+def pipeline_key() -> str | None:
+    """What identifies the pipeline invocation this process belongs to: `$PETS_PIPELINE`, else
+    the nearest `snakemake` or `dvc` ancestor process; None for a stage run by hand."""
+    if key := os.environ.get(PIPELINE_ENV):
+        return key
+    with contextlib.suppress(psutil.Error):
+        for process in psutil.Process().parents():
+            with contextlib.suppress(psutil.Error):
+                words = [os.path.basename(word) for word in process.cmdline()[:3]]
+                for tool in PIPELINE_TOOLS:
+                    if tool in words:
+                        return f"{tool}-{process.pid}-{int(process.create_time())}"
+    return None
+
+
+def new_pipeline_key(tool: str) -> str:
+    """A fresh key for a pipeline invocation started by `tool`."""
+    return f"{tool}-{uuid.uuid4().hex[:12]}"
+
+
+def _lock(project: Path) -> FileLock:
+    state = project / ".pets"
+    state.mkdir(exist_ok=True)
+    return FileLock(state / "tracking.lock", timeout=300)
+
+
+def _git(project: Path, *args: str) -> str:
+    try:
+        done = subprocess.run(
+            ["git", *args], cwd=project, capture_output=True, text=True, timeout=20, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return done.stdout.strip()
+
+
+def lineage_tags(project: Path, params: Params) -> dict[str, str]:
+    """Code, software and seed lineage for a run."""
+    import torch
+    import torchvision
+
+    commit = _git(project, "rev-parse", "HEAD")
+    dirty = _git(project, "status", "--porcelain", "--untracked-files=no") if commit else ""
+    return {
+        "git.commit": commit or "unknown",
+        "git.dirty": str(bool(dirty)).lower(),
+        "mlflow.source.git.commit": commit or "unknown",
+        "pets.version": pets.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "cuda": torch.version.cuda or "none",
+        "host": platform.node(),
+        "seed": str(params.seed),
+    }
+
+
+def _find_or_create_parent(client: MlflowClient, experiment: str, key: str, params: Params) -> str:
+    runs = client.search_runs(
+        [experiment],
+        filter_string=f"tags.`pets.pipeline` = '{key}' and tags.`pets.kind` = 'pipeline'",
+        max_results=1,
+    )
+    if runs:
+        parent = runs[0].info
+        if parent.status not in TERMINAL:
+            client.update_run(parent.run_id, status="RUNNING")
+        return parent.run_id
+    tool = key.split("-")[0]
+    name = f"{tool} {time.strftime('%Y-%m-%d %H:%M:%S')}"
+    run = client.create_run(
+        experiment, run_name=name, tags={"pets.pipeline": key, "pets.kind": "pipeline"}
+    )
+    tracker = MlflowTracker(client, run.info.run_id)
+    tracker.log_params(flatten(params.model_dump(mode="json", exclude={"tracking"})))
+    return run.info.run_id
+
+
+def _finish_parent(client: MlflowClient, parent_id: str, status: str) -> None:
+    current = client.get_run(parent_id).info.status
+    if current in TERMINAL:
+        return  # one failed stage marks the whole pipeline failed
+    client.set_terminated(parent_id, status)
+
+
+@contextlib.contextmanager
+def stage_run(stage: str, params: Params, project: Path) -> Iterator[Tracker]:
+    """One MLflow run for one stage, a child of its pipeline's parent run, ended FINISHED,
+    FAILED or KILLED; a plain `Tracker` (records nothing) when tracking is off."""
+    if not enabled(params):
+        yield Tracker()
+        return
+    client = client_for(project)
+    key = pipeline_key()
+    with _lock(project):
+        experiment = experiment_id(client, params.tracking.experiment, project)
+        parent_id = _find_or_create_parent(client, experiment, key, params) if key else None
+        tags = {"pets.stage": stage, "pets.kind": "stage", "pets.pipeline": key or "by hand"}
+        if parent_id:
+            tags["mlflow.parentRunId"] = parent_id
+        run = client.create_run(experiment, run_name=stage, tags=tags)
+    tracker = MlflowTracker(client, run.info.run_id)
+    tracker.log_params(flatten(stage_params(params, stage)))
+    tracker.set_tags(lineage_tags(project, params))
+    status = "FAILED"
+    try:
+        yield tracker
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        client.set_terminated(run.info.run_id, status)
+        if parent_id:
+            with _lock(project):
+                _finish_parent(client, parent_id, status)

@@ -1,0 +1,40 @@
+"""Shared fixtures: tiny generated data sets, their archives, and temporary project copies."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import make_project, small_pets
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def pets_tgz(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Pets-layout archive: oxford-iiit-pet/images/<Breed>_<n>.jpg, 4 breeds x 6 photos."""
+    root = tmp_path_factory.mktemp("pets")
+    return small_pets(root, "pets")
+
+
+@pytest.fixture
+def project(tmp_path: Path, pets_tgz: Path):
+    """A factory for temporary copies of this project whose params point at the tiny archive."""
+
+    def factory(overrides: dict | None = None, archive: Path | None = None) -> Path:
+        base = {
+            "data": {"url": str(archive or pets_tgz), "md5": None},
+            "tracking": {"enabled": False},
+        }
+        return make_project(tmp_path / "project", base, overrides or {})
+
+    return factory
+
+
+def git(cwd: Path, *args: str) -> str:
+    """Run git in `cwd` and return its output."""
+    return subprocess.run(
+        ["git", *args], cwd=cwd, check=True, capture_output=True, text=True
+    ).stdout

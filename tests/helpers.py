@@ -1,0 +1,111 @@
+"""Helpers for tests: tiny data sets and project copies (imported by conftest and tests)."""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from pets.synthetic import make_pets, pack
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL_SIZES = ((120, 90), (90, 120), (120, 80))
+
+
+def small_pets(root: Path, layout: str, classes: int = 4, per_class: int = 6) -> Path:
+    """Write a tiny data set of real JPEGs in `layout` and pack it as oxford-iiit-pet.tgz."""
+    folder = root / "oxford-iiit-pet"
+    make_pets(folder, per_class, classes=classes, seed=1, layout=layout, sizes=SMALL_SIZES)
+    return pack(folder, root / "oxford-iiit-pet.tgz")
+
+
+def merge(base: dict, overrides: dict) -> dict:
+    """Deep-merge `overrides` into a copy of `base`."""
+    merged = copy.deepcopy(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def project_files() -> list[str]:
+    """The project's files as a fresh clone has them (tracked, plus new unignored ones)."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split("\n")
+    return [name for name in listed if name and (REPO / name).is_file()]
+
+
+def make_project(dest: Path, *overrides: dict) -> Path:
+    """Copy the project to `dest` (a git repo with one commit, DVC initialised), with
+    params.yaml deep-merged with `overrides`."""
+    for name in project_files():
+        target = dest / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, target)
+    params = yaml.safe_load((dest / "params.yaml").read_text())
+    for override in overrides:
+        params = merge(params, override)
+    write_params(dest, params)
+    for args in (
+        ["init", "-q"],
+        ["add", "-A"],
+        ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"],
+    ):
+        subprocess.run(["git", *args], cwd=dest, check=True, capture_output=True)
+    return dest
+
+
+def write_params(project: Path, params: dict) -> None:
+    """Replace the project's params.yaml."""
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def read_params(project: Path) -> dict:
+    """The project's params.yaml as a dict."""
+    return yaml.safe_load((project / "params.yaml").read_text())
+
+
+def tool_env(**extra: str) -> dict[str, str]:
+    """The environment for Snakemake/DVC subprocesses: this interpreter's bin first on PATH."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.update(extra)
+    return env
+
+
+def run_tool(
+    project: Path, *args: str, check: bool = True, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """Run `snakemake ...` or `dvc ...` in `project`; on failure show its output."""
+    done = subprocess.run(
+        list(args), cwd=project, capture_output=True, text=True, env=tool_env(**env)
+    )
+    if check and done.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(args)} failed ({done.returncode}):\n"
+            f"{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+        )
+    return done
+
+
+def run_script(project: Path, stage: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run workflow/scripts/<stage>.py in `project` as the DAG does."""
+    return subprocess.run(
+        [sys.executable, f"workflow/scripts/{stage}.py", *args],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        env=tool_env(),
+    )

@@ -1,0 +1,73 @@
+"""Stage scripts as a user runs them by hand: --help, one-line errors, no half-written output."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers import REPO, run_script
+
+STAGES = sorted(path.stem for path in (REPO / "workflow" / "scripts").glob("*.py"))
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_every_stage_has_help(stage: str) -> None:
+    done = subprocess.run(
+        [sys.executable, f"workflow/scripts/{stage}.py", "--help"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0
+    assert f"Stage `{stage}`" in done.stdout and "--params" in done.stdout
+
+
+def _one_line_error(done: subprocess.CompletedProcess[str], stage: str, fragment: str) -> None:
+    assert done.returncode == 1, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith(f"{stage}: error: ") and fragment in lines[0], lines[0]
+
+
+def test_download_then_labels_by_hand(project) -> None:
+    root = project()
+    assert run_script(root, "download").returncode == 0
+    manifest = json.loads((root / "data/dataset.json").read_text())
+    assert manifest["files"] == 24 and manifest["top_folder"] == "oxford-iiit-pet"
+    done = run_script(root, "labels", "--threads", "2")
+    assert done.returncode == 0, done.stderr
+    assert "c: 4" in done.stdout
+    assert not (root / "mlflow.db").exists()  # tracking switched off in these params
+
+
+def test_bad_params_stop_a_stage_in_one_line(project) -> None:
+    root = project({"labels": {"valid_pct": 1.5}})
+    done = run_script(root, "labels")
+    _one_line_error(done, "labels", "params.yaml: labels.valid_pct: input should be less than 1")
+    assert not (root / "data").exists()
+
+
+def test_md5_mismatch_leaves_nothing(project) -> None:
+    root = project({"data": {"md5": "f" * 32}})
+    done = run_script(root, "download")
+    _one_line_error(done, "download", "data.md5:")
+    assert not (root / "data" / "dataset").exists() and not (root / "data/dataset.json").exists()
+
+
+def test_labels_error_leaves_no_outputs(project) -> None:
+    root = project({"labels": {"pattern": r"/(\d+)\.png$"}})
+    assert run_script(root, "download").returncode == 0
+    done = run_script(root, "labels")
+    _one_line_error(done, "labels", "labels.pattern:")
+    assert not any((root / "data" / name).exists() for name in ("split.csv", "classes.json"))
+    assert not (root / "reports" / "data_quality.json").exists()
+
+
+def test_a_missing_input_is_named(project) -> None:
+    root = project()
+    done = run_script(root, "labels")
+    _one_line_error(done, "labels", "data/dataset: data set folder not found; run the download")
+    _one_line_error(run_script(root, "cache"), "cache", "data/split.csv: not found; run the labels")
