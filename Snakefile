@@ -21,6 +21,16 @@ except PetsError as error:
 # One MLflow parent run per invocation; cluster jobs inherit the key through the environment.
 os.environ.setdefault(PIPELINE_ENV, new_pipeline_key("snakemake"))
 COMMON = ["__init__", "config", "errors", "files", "stage", "tracking"]
+TRAINING = [
+    "cache",
+    "data",
+    "images",
+    "labels",
+    "learner",
+    "model",
+    "train",
+    "transforms",
+]
 
 
 def code(stage, *modules):
@@ -39,6 +49,9 @@ onstart:
 rule all:
     input:
         "reports/show_batch.png",
+        "reports/lr_find.png",
+        "models/stage-2.pth",
+        "models/resnet50.pth",
 
 
 rule download:
@@ -114,3 +127,110 @@ rule preview:
     shell:
         "python workflow/scripts/preview.py --params params.yaml --split {input.split}"
         " --cache {input.cache} --figure {output.figure} 2>&1 | tee {log}"
+
+
+rule train_frozen:
+    input:
+        code=code("train_frozen", *TRAINING),
+        split="data/split.csv",
+        classes="data/classes.json",
+        cache="data/cache",
+    output:
+        model="models/stage-1.pth",
+        metrics="metrics/stage-1.json",
+        history="reports/stage-1/history.csv",
+    log:
+        "logs/train_frozen.log",
+    conda:
+        "envs/pets.yaml"
+    threads: 4
+    resources:
+        gpu=1,
+    params:
+        stage_params(PARAMS, "train_frozen"),
+    shell:
+        "python workflow/scripts/train_frozen.py --params params.yaml --split {input.split}"
+        " --classes {input.classes} --cache {input.cache} --model {output.model}"
+        " --metrics {output.metrics} --history {output.history} --threads {threads}"
+        " 2>&1 | tee {log}"
+
+
+rule lr_find:
+    input:
+        code=code("lr_find", *TRAINING, "lr_find", "plots"),
+        checkpoint="models/stage-1.pth",
+        split="data/split.csv",
+        classes="data/classes.json",
+        cache="data/cache",
+    output:
+        curve="reports/lr_find.csv",
+        figure="reports/lr_find.png",
+        suggestions="metrics/lr_find.json",
+    log:
+        "logs/lr_find.log",
+    conda:
+        "envs/pets.yaml"
+    threads: 4
+    resources:
+        gpu=1,
+    params:
+        stage_params(PARAMS, "lr_find"),
+    shell:
+        "python workflow/scripts/lr_find.py --params params.yaml --checkpoint {input.checkpoint}"
+        " --split {input.split} --classes {input.classes} --cache {input.cache}"
+        " --curve {output.curve} --figure {output.figure} --suggestions {output.suggestions}"
+        " --threads {threads} 2>&1 | tee {log}"
+
+
+rule finetune:
+    input:
+        code=code("finetune", *TRAINING),
+        checkpoint="models/stage-1.pth",
+        lr_find="metrics/lr_find.json",
+        split="data/split.csv",
+        classes="data/classes.json",
+        cache="data/cache",
+    output:
+        model="models/stage-2.pth",
+        metrics="metrics/stage-2.json",
+        history="reports/stage-2/history.csv",
+    log:
+        "logs/finetune.log",
+    conda:
+        "envs/pets.yaml"
+    threads: 4
+    resources:
+        gpu=1,
+    params:
+        stage_params(PARAMS, "finetune"),
+    shell:
+        "python workflow/scripts/finetune.py --params params.yaml --checkpoint {input.checkpoint}"
+        " --lr-find {input.lr_find} --split {input.split} --classes {input.classes}"
+        " --cache {input.cache} --model {output.model} --metrics {output.metrics}"
+        " --history {output.history} --threads {threads} 2>&1 | tee {log}"
+
+
+rule train_resnet50:
+    input:
+        code=code("train_resnet50", *TRAINING),
+        split="data/split.csv",
+        classes="data/classes.json",
+        cache="data/cache",
+    output:
+        model="models/resnet50.pth",
+        metrics="metrics/resnet50.json",
+        history="reports/resnet50/history.csv",
+    log:
+        "logs/train_resnet50.log",
+    conda:
+        "envs/pets.yaml"
+    threads: 4
+    resources:
+        gpu=1,
+    params:
+        stage_params(PARAMS, "train_resnet50"),
+    shell:
+        "python workflow/scripts/train_resnet50.py --params params.yaml --split {input.split}"
+        " --classes {input.classes} --cache {input.cache} --model {output.model}"
+        " --metrics {output.metrics} --history {output.history} --threads {threads}"
+        " 2>&1 | tee {log}"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import make_project, small_pets
+from tests.helpers import TINY, make_project, small_pets
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -24,11 +24,8 @@ def project(tmp_path: Path, pets_tgz: Path):
     """A factory for temporary copies of this project whose params point at the tiny archive."""
 
     def factory(overrides: dict | None = None, archive: Path | None = None) -> Path:
-        base = {
-            "data": {"url": str(archive or pets_tgz), "md5": None},
-            "tracking": {"enabled": False},
-        }
-        return make_project(tmp_path / "project", base, overrides or {})
+        data = {"data": {"url": str(archive or pets_tgz), "md5": None}}
+        return make_project(tmp_path / "project", TINY, data, overrides or {})
 
     return factory
 

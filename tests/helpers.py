@@ -15,6 +15,17 @@ from pets.synthetic import make_pets, pack
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL_SIZES = ((120, 90), (90, 120), (120, 80))
+# Params that make the whole DAG run in seconds on a CPU, offline: small images, one epoch,
+# untrained bodies.
+TINY = {
+    "tracking": {"enabled": False},
+    "cache": {"size": 64},
+    "preview": {"size": 48},
+    "train_frozen": {"weights": "none", "size": 48, "bs": 4, "epochs": 1},
+    "lr_find": {"bs": 4, "num_it": 12},
+    "finetune": {"bs": 4, "epochs": 1},
+    "train_resnet50": {"weights": "none", "size": 48, "bs": 4, "epochs": 1},
+}
 
 
 def small_pets(root: Path, layout: str, classes: int = 4, per_class: int = 6) -> Path:

@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from pets.config import STAGE_PARAMS
+from pets.train import load_checkpoint
 from tests.dagcheck import (
     dvc_params,
     dvc_stages,
@@ -17,11 +19,21 @@ from tests.dagcheck import (
     planned_jobs,
     snakemake_stages,
 )
-from tests.helpers import REPO, make_project, read_params, run_tool, small_pets, write_params
+from tests.helpers import (
+    REPO,
+    TINY,
+    make_project,
+    merge,
+    read_params,
+    run_tool,
+    small_pets,
+    write_params,
+)
 
 pytestmark = pytest.mark.dag
 
-DATA_OUTPUTS = [
+TRAINING = {"train_frozen", "lr_find", "finetune", "train_resnet50"}
+OUTPUTS = [
     "data/dataset.json",
     "data/split.csv",
     "data/classes.json",
@@ -74,16 +86,13 @@ def snakemade(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A project copy on the tiny Pets archive after one `snakemake --cores 4`."""
     root = tmp_path_factory.mktemp("snake")
     archive = small_pets(root, "pets")
-    project = make_project(
-        root / "project",
-        {"data": {"url": str(archive), "md5": None}, "tracking": {"enabled": False}},
-    )
+    project = make_project(root / "project", TINY, {"data": {"url": str(archive), "md5": None}})
     run_tool(project, "snakemake", "--cores", "4")
     return project
 
 
-def test_snakemake_runs_the_data_stages(snakemade: Path) -> None:
-    for output in DATA_OUTPUTS:
+def test_snakemake_runs_every_stage(snakemade: Path) -> None:
+    for output in OUTPUTS:
         assert (snakemade / output).exists(), output
     assert json.loads((snakemade / "data/classes.json").read_text()) == [
         "Abyssinian",
@@ -98,15 +107,44 @@ def test_snakemake_runs_the_data_stages(snakemade: Path) -> None:
     assert _jobs(snakemade) == set()
 
 
+@pytest.mark.parametrize("model", ["stage-1", "stage-2", "resnet50"])
+def test_training_outputs_are_consistent(snakemade: Path, model: str) -> None:
+    metrics = json.loads((snakemade / f"metrics/{model}.json").read_text())
+    history = pd.read_csv(snakemade / f"reports/{model}/history.csv")
+    assert metrics["error_rate"] == history["error_rate"].iloc[-1]
+    assert metrics["epochs"] == len(history)
+    saved = load_checkpoint(snakemade / f"models/{model}.pth")
+    assert saved["classes"] == json.loads((snakemade / "data/classes.json").read_text())
+    assert saved["arch"] == {"resnet50": "resnet50"}.get(model, "resnet34")
+    stage = {"stage-1": "train_frozen", "stage-2": "finetune"}.get(model, "train_resnet50")
+    log = (snakemade / f"logs/{stage}.log").read_text()
+    assert "epoch     train_loss  valid_loss  error_rate  time" in log
+
+
+def test_lr_find_suggestions_lie_on_its_curve(snakemade: Path) -> None:
+    curve = pd.read_csv(snakemade / "reports/lr_find.csv")
+    found = json.loads((snakemade / "metrics/lr_find.json").read_text())
+    for point in found.values():
+        assert curve["lr"].min() <= point["lr"] <= curve["lr"].max()
+        expected = np.interp(np.log10(point["lr"]), np.log10(curve["lr"]), curve["smoothed_loss"])
+        assert point["loss"] == pytest.approx(expected)
+
+
 def test_a_param_change_reruns_only_what_reads_it(snakemade: Path) -> None:
     original = read_params(snakemade)
+    changes = [
+        ({"preview": {"rows": 2}}, {"preview"}),
+        ({"finetune": {"epochs": 2}}, {"finetune"}),
+        ({"lr_find": {"num_it": 14}}, {"lr_find", "finetune"}),
+        ({"train_resnet50": {"lr": 1.0e-3}}, {"train_resnet50"}),
+        ({"labels": {"valid_pct": 0.3}}, {"labels", "cache", "preview", *TRAINING}),
+        ({"augment": {"max_rotate": 5.0}}, {"preview", *TRAINING}),
+        ({"tracking": {"enabled": True, "experiment": "x"}}, set()),
+    ]
     try:
-        write_params(snakemade, {**original, "preview": {**original["preview"], "rows": 2}})
-        assert _jobs(snakemade) == {"preview"}
-        write_params(snakemade, {**original, "labels": {**original["labels"], "valid_pct": 0.3}})
-        assert _jobs(snakemade) == {"labels", "cache", "preview"}
-        write_params(snakemade, {**original, "tracking": {"enabled": True, "experiment": "x"}})
-        assert _jobs(snakemade) == set()
+        for change, expected in changes:
+            write_params(snakemade, merge(original, change))
+            assert _jobs(snakemade) == expected, change
     finally:
         write_params(snakemade, original)
     assert _jobs(snakemade) == set()
@@ -117,7 +155,7 @@ def test_editing_a_module_reruns_the_stages_that_use_it(snakemade: Path) -> None
     text = plots.read_text()
     try:
         plots.write_text(text + "\n# an edit\n")
-        assert _jobs(snakemade) == {"preview"}
+        assert _jobs(snakemade) == {"preview", "lr_find", "finetune"}
     finally:
         plots.write_text(text)
     assert _jobs(snakemade) == set()  # same content again: Snakemake compares checksums
@@ -130,15 +168,10 @@ def test_dvc_repro_runs_each_layout(tmp_path: Path, layout: str) -> None:
         layout
     ]
     project = make_project(
-        tmp_path / "project",
-        {
-            "data": {"url": str(archive), "md5": None},
-            "tracking": {"enabled": False},
-            "labels": labels,
-        },
+        tmp_path / "project", TINY, {"data": {"url": str(archive), "md5": None}, "labels": labels}
     )
     run_tool(project, "dvc", "repro")
-    for output in DATA_OUTPUTS:
+    for output in OUTPUTS:
         assert (project / output).exists(), output
     split = pd.read_csv(project / "data/split.csv")
     assert split["label"].nunique() == 4
@@ -161,8 +194,7 @@ def test_snakemake_and_dvc_produce_the_same_split(snakemade: Path, tmp_path: Pat
 
 def test_a_bad_archive_fails_cleanly(tmp_path: Path, pets_tgz: Path) -> None:
     project = make_project(
-        tmp_path / "project",
-        {"data": {"url": str(pets_tgz), "md5": "0" * 32}, "tracking": {"enabled": False}},
+        tmp_path / "project", TINY, {"data": {"url": str(pets_tgz), "md5": "0" * 32}}
     )
     done = run_tool(project, "snakemake", "--cores", "4", check=False)
     assert done.returncode != 0

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.helpers import make_project, run_script, run_tool
+from tests.helpers import TINY, make_project, run_script, run_tool
 
 pytestmark = pytest.mark.dag
 
@@ -21,9 +21,12 @@ def _runs(project: Path) -> list:
 
 @pytest.fixture(scope="module")
 def tracked(tmp_path_factory: pytest.TempPathFactory, pets_tgz: Path) -> Path:
-    project = make_project(tmp_path_factory.mktemp("tracked") / "project",
-                           {"data": {"url": str(pets_tgz), "md5": None}})
-    run_tool(project, "snakemake", "--cores", "4")
+    project = make_project(
+        tmp_path_factory.mktemp("tracked") / "project",
+        TINY,
+        {"data": {"url": str(pets_tgz), "md5": None}, "tracking": {"enabled": True}},
+    )
+    run_tool(project, "snakemake", "--cores", "4", "preview")
     return project
 
 
@@ -34,8 +37,11 @@ def test_one_parent_per_invocation_one_child_per_stage(tracked: Path) -> None:
     parent = parents[0]
     assert parent.info.status == "FINISHED"
     assert parent.data.params["labels.valid_pct"] == "0.2"  # the whole params.yaml
-    children = {r.info.run_name: r for r in runs
-                if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    children = {
+        r.info.run_name: r
+        for r in runs
+        if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
+    }
     assert set(children) == {"download", "labels", "cache", "preview"}
     labels = children["labels"]
     assert labels.info.status == "FINISHED"
@@ -50,7 +56,7 @@ def test_one_parent_per_invocation_one_child_per_stage(tracked: Path) -> None:
 
 def test_nothing_to_do_logs_nothing(tracked: Path) -> None:
     before = len(_runs(tracked))
-    run_tool(tracked, "snakemake", "--cores", "4")
+    run_tool(tracked, "snakemake", "--cores", "4", "preview")
     assert len(_runs(tracked)) == before
 
 
@@ -63,8 +69,7 @@ def test_a_stage_run_by_hand_is_standalone(tracked: Path) -> None:
 
 
 def test_a_failed_stage_fails_its_pipeline(tmp_path: Path, pets_tgz: Path) -> None:
-    project = make_project(tmp_path / "project",
-                           {"data": {"url": str(pets_tgz), "md5": "0" * 32}})
+    project = make_project(tmp_path / "project", {"data": {"url": str(pets_tgz), "md5": "0" * 32}})
     assert run_tool(project, "dvc", "repro", check=False).returncode != 0
     runs = _runs(project)
     statuses = {r.info.run_name.split()[0]: r.info.status for r in runs}

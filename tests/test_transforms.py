@@ -145,3 +145,31 @@ def test_damaged_cache_is_refused(tmp_path: Path) -> None:
     pixels.write_bytes(pixels.read_bytes()[:-100])
     with pytest.raises(PetsError, match="is truncated; rerun the cache stage"):
         PixelCache(tmp_path / "cache").read([1])
+
+
+def test_loaders_stream_and_resident_give_the_same_batches(tmp_path: Path) -> None:
+    from pets.data import DeviceCanvases, Loader, Subset
+
+    make_pets(tmp_path / "pets", 5, classes=2, sizes=((60, 45), (45, 60)))
+    paths = sorted(p.relative_to(tmp_path / "pets").as_posix()
+                   for p in (tmp_path / "pets").rglob("*.jpg"))
+    build_cache(tmp_path / "pets", paths, 48, tmp_path / "cache")
+    cache = PixelCache(tmp_path / "cache")
+    subset = Subset(cache.rows_for(paths), np.array([i % 2 for i in range(10)]), paths)
+    cpu = torch.device("cpu")
+    common = {"bs": 4, "size": 32, "device": cpu, "mean": (0.5,) * 3, "std": (0.25,) * 3,
+              "augment_params": AugmentParams(), "seed": 3}
+    streamed = Loader(cache, subset, **common)
+    resident = Loader(cache, subset, resident=DeviceCanvases(cache, cpu), **common)
+    assert len(streamed) == 2  # 10 photos, bs 4: the last partial batch is dropped
+    for (a, ya), (b, yb) in zip(streamed, resident, strict=True):
+        assert torch.equal(a, b) and torch.equal(ya, yb)
+    first_epoch = [y.tolist() for _, y in streamed]
+    second_epoch = [y.tolist() for _, y in streamed]
+    assert first_epoch != second_epoch or len(set(map(tuple, first_epoch))) == 1
+    valid = Loader(cache, subset, **{**common, "augment_params": None})
+    assert len(valid) == 3 and sum(len(y) for _, y in valid) == 10
+    state = streamed.state()
+    again = [x for x, _ in streamed]
+    streamed.load_state(state)
+    assert all(torch.equal(a, b) for a, b in zip(again, [x for x, _ in streamed], strict=True))

@@ -17,6 +17,41 @@ from pets.errors import PetsError
 PETS_URL = "https://s3.amazonaws.com/fast-ai-imageclas/oxford-iiit-pet.tgz"
 PETS_MD5 = "e4db5c768afd933bb91f5f594d7417a4"
 NAME_RE = r"/([^/]+)_\d+.jpg$"
+# torchvision classification CNNs with a known split into the lesson's three layer groups; any
+# timm CNN is also accepted as `timm:<name>`.
+TORCHVISION_ARCHS = (
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "resnext50_32x4d",
+    "resnext101_32x8d",
+    "resnext101_64x4d",
+    "wide_resnet50_2",
+    "wide_resnet101_2",
+    "densenet121",
+    "densenet161",
+    "densenet169",
+    "densenet201",
+    "efficientnet_b0",
+    "efficientnet_b1",
+    "efficientnet_b2",
+    "efficientnet_b3",
+    "efficientnet_b4",
+    "efficientnet_b5",
+    "efficientnet_b6",
+    "efficientnet_b7",
+    "efficientnet_v2_s",
+    "efficientnet_v2_m",
+    "efficientnet_v2_l",
+    "convnext_tiny",
+    "convnext_small",
+    "convnext_base",
+    "convnext_large",
+    "mobilenet_v3_large",
+    "mobilenet_v3_small",
+)
 
 
 class Section(BaseModel):
@@ -122,6 +157,93 @@ class PreviewParams(Section):
     size: int = Field(224, ge=16, le=1024, description="training size shown (train_frozen.size)")
 
 
+LearningRate = float | list[float]
+LR_HELP = (
+    "a number (every layer group), [x] (the lesson's slice(x)) or [low, high] (slice(low, high))"
+)
+
+
+def _check_lr(value: Any) -> Any:
+    values = value if isinstance(value, list) else [value]
+    if not 1 <= len(values) <= 2 or any(v <= 0 for v in values):
+        raise ValueError(f"must be {LR_HELP}, all > 0")
+    if len(values) == 2 and values[0] > values[1]:
+        raise ValueError("[low, high] needs low <= high")
+    return value
+
+
+def _check_arch(value: str) -> str:
+    if value in TORCHVISION_ARCHS or (value.startswith("timm:") and len(value) > 5):
+        return value
+    raise ValueError(
+        f"unknown architecture {value!r}; supported: {', '.join(TORCHVISION_ARCHS)}, or "
+        "timm:<name> (pip install -e '.[timm]')"
+    )
+
+
+class TrainParams(Section):
+    """A training stage that builds a model from pretrained weights (`train_frozen`)."""
+
+    arch: str = Field("resnet34", description="torchvision name, or timm:<name>")
+    weights: str = Field(
+        "imagenet", min_length=1, description="imagenet, none, or a state_dict file"
+    )
+    size: int = Field(224, ge=16, le=2048, description="square training size, pixels")
+    bs: int = Field(64, ge=1, le=4096, description="batch size")
+    epochs: int = Field(4, ge=1, le=1000, description="fit_one_cycle(epochs)")
+    lr: LearningRate = Field([3.0e-3], description=LR_HELP)
+    wd: float = Field(0.01, ge=0, le=1, description="decoupled weight decay (not on norms, biases)")
+
+    _arch = field_validator("arch")(classmethod(lambda cls, v: _check_arch(v)))
+    _lr = field_validator("lr")(classmethod(lambda cls, v: _check_lr(v)))
+
+
+class TrainResnet50Params(TrainParams):
+    """`train_resnet50`: the lesson's bigger model, frozen, then optionally unfrozen."""
+
+    arch: str = Field("resnet50", description="torchvision name, or timm:<name>")
+    size: int = Field(320, ge=16, le=2048, description="square training size, pixels")
+    bs: int = Field(32, ge=1, le=4096, description="batch size")
+    epochs: int = Field(8, ge=1, le=1000, description="frozen fit_one_cycle(epochs)")
+    lr: LearningRate = Field([1.0e-3], description=LR_HELP)
+    unfreeze_epochs: int = Field(0, ge=0, le=1000, description="unfrozen epochs after (0: none)")
+    unfreeze_lr: LearningRate = Field([1.0e-6, 1.0e-4], description=LR_HELP)
+
+    _unfreeze_lr = field_validator("unfreeze_lr")(classmethod(lambda cls, v: _check_lr(v)))
+
+
+class LrFindParams(Section):
+    """`lr_find`: the learning-rate range test on the unfrozen stage-1 model."""
+
+    bs: int = Field(64, ge=1, le=4096, description="batch size")
+    start_lr: float = Field(1e-7, gt=0, description="first learning rate")
+    end_lr: float = Field(10.0, gt=0, description="last learning rate")
+    num_it: int = Field(100, ge=5, le=10000, description="batches, lr growing exponentially")
+    stop_div: bool = Field(True, description="stop once the smoothed loss passes 4x its best")
+
+    @model_validator(mode="after")
+    def _range(self) -> LrFindParams:
+        if self.start_lr >= self.end_lr:
+            raise ValueError("lr_find.start_lr: must be below lr_find.end_lr")
+        return self
+
+
+class FinetuneParams(Section):
+    """`finetune`: unfreeze stage-1 and train every layer with discriminative learning rates."""
+
+    bs: int = Field(64, ge=1, le=4096, description="batch size")
+    epochs: int = Field(2, ge=1, le=1000, description="fit_one_cycle(epochs)")
+    lr: LearningRate | Literal["auto"] = Field(
+        [1.0e-6, 1.0e-4], description=f"{LR_HELP}; auto: [valley/100, valley] from lr_find"
+    )
+    wd: float = Field(0.01, ge=0, le=1, description="decoupled weight decay (not on norms, biases)")
+
+    @field_validator("lr")
+    @classmethod
+    def _lr_or_auto(cls, value: Any) -> Any:
+        return value if value == "auto" else _check_lr(value)
+
+
 class Params(Section):
     """All of `params.yaml`: shared keys, then one section per stage."""
 
@@ -133,6 +255,10 @@ class Params(Section):
     cache: CacheParams = CacheParams()
     augment: AugmentParams = AugmentParams()
     preview: PreviewParams = PreviewParams()
+    train_frozen: TrainParams = TrainParams()
+    lr_find: LrFindParams = LrFindParams()
+    finetune: FinetuneParams = FinetuneParams()
+    train_resnet50: TrainResnet50Params = TrainResnet50Params()
 
 
 # The params each stage reads: its own section plus shared keys. The Snakefile's `params:`, the
@@ -142,6 +268,10 @@ STAGE_PARAMS: dict[str, tuple[str, ...]] = {
     "labels": ("labels", "seed"),
     "cache": ("cache",),
     "preview": ("preview", "augment", "seed"),
+    "train_frozen": ("train_frozen", "augment", "seed", "device"),
+    "lr_find": ("lr_find", "augment", "seed", "device"),
+    "finetune": ("finetune", "augment", "seed", "device"),
+    "train_resnet50": ("train_resnet50", "augment", "seed", "device"),
 }
 
 

@@ -54,3 +54,20 @@ def run_stage(
     except KeyboardInterrupt:
         print(f"{stage}: interrupted", file=sys.stderr)
         sys.exit(130)
+
+
+def training_arguments(parser: argparse.ArgumentParser, model: str) -> argparse.ArgumentParser:
+    """The inputs and outputs every training stage takes; `model` names its outputs."""
+    parser.add_argument("--split", type=Path, default=Path("data/split.csv"))
+    parser.add_argument("--classes", type=Path, default=Path("data/classes.json"))
+    parser.add_argument("--cache", type=Path, default=Path("data/cache"), help="pixel cache")
+    parser.add_argument("--model", type=Path, default=Path(f"models/{model}.pth"))
+    parser.add_argument("--metrics", type=Path, default=Path(f"metrics/{model}.json"))
+    parser.add_argument(
+        "--history",
+        type=Path,
+        default=Path(f"reports/{model}/history.csv"),
+        help="the epoch table as CSV",
+    )
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads for tensor maths")
+    return parser

@@ -1,0 +1,186 @@
+"""Feeding the model: batches read from the pixel cache, augmented and normalised on the device
+that trains. Shuffling and augmentation each draw from their own seeded generator."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pets.cache import PixelCache
+from pets.config import AugmentParams
+from pets.errors import PetsError
+from pets.labels import read_split
+from pets.transforms import augment, centre_draw, draw, normalize
+
+# Generator seeds are offset per purpose so shuffling and augmentation never share a stream.
+SHUFFLE_STREAM, AUGMENT_STREAM = 1_000_003, 2_000_003
+
+
+def read_classes(path: Path) -> list[str]:
+    """The labels stage's `classes.json`: the sorted class names (the lesson's `data.classes`)."""
+    try:
+        classes = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise PetsError(f"{path}: not found; run the labels stage first") from None
+    except json.JSONDecodeError as exc:
+        raise PetsError(f"{path}: not valid JSON ({exc}); rerun the labels stage") from None
+    if not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
+        raise PetsError(f"{path}: must be a JSON list of class names; rerun the labels stage")
+    return classes
+
+
+@dataclass(frozen=True)
+class Subset:
+    """The photos of one side of the split: cache rows, label indices, paths."""
+
+    rows: np.ndarray
+    targets: np.ndarray
+    paths: list[str]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def load_subsets(
+    split_csv: Path, classes_json: Path, cache: PixelCache
+) -> tuple[Subset, Subset, list[str]]:
+    """Training and validation subsets of the split, with the class list."""
+    split = read_split(split_csv)
+    classes = read_classes(classes_json)
+    index = {name: i for i, name in enumerate(classes)}
+    unknown = sorted(set(split["label"]) - set(index))
+    if unknown:
+        raise PetsError(f"{split_csv}: label {unknown[0]!r} is not in {classes_json}; rerun labels")
+    subsets = []
+    for valid in (False, True):
+        part = split[split["is_valid"] == valid]
+        paths = part["path"].tolist()
+        subsets.append(
+            Subset(cache.rows_for(paths), part["label"].map(index).to_numpy(np.int64), paths)
+        )
+    return subsets[0], subsets[1], classes
+
+
+class DeviceCanvases:
+    """The whole pixel cache on the GPU, uploaded once in chunks through one pinned buffer: an
+    epoch then costs no host work at all."""
+
+    def __init__(self, cache: PixelCache, device: torch.device, chunk: int = 256) -> None:
+        self.canvases = torch.empty(
+            (len(cache), cache.size, cache.size, 3), dtype=torch.uint8, device=device
+        )
+        staging = torch.empty((chunk, cache.size, cache.size, 3), dtype=torch.uint8,
+                              pin_memory=device.type == "cuda")
+        for start in range(0, len(cache), chunk):
+            rows = range(start, min(start + chunk, len(cache)))
+            cache.read(rows, staging[: len(rows)])
+            self.canvases[start : start + len(rows)].copy_(staging[: len(rows)])
+        self.sizes = cache.sizes(np.arange(len(cache))).to(device)
+
+    @staticmethod
+    def fits(cache: PixelCache, device: torch.device) -> bool:
+        """Whether the cache takes under half of the device's free memory."""
+        if device.type != "cuda":
+            return False
+        free, _ = torch.cuda.mem_get_info(device)
+        return len(cache) * cache.row_bytes < free // 2
+
+
+class Loader:
+    """Batches of (normalised images, targets) on `device`, the lesson's `DataLoader`.
+
+    Training loaders shuffle and drop the last partial batch (as fastai's do) and augment;
+    validation loaders keep order and take the centre crop."""
+
+    def __init__(
+        self,
+        cache: PixelCache,
+        subset: Subset,
+        *,
+        bs: int,
+        size: int,
+        device: torch.device,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        augment_params: AugmentParams | None,
+        seed: int,
+        resident: DeviceCanvases | None = None,
+        channels_last: bool = False,
+    ) -> None:
+        self.cache, self.subset, self.bs, self.size = cache, subset, bs, size
+        self.device, self.mean, self.std = device, mean, std
+        self.augment_params, self.resident = augment_params, resident
+        self.train = augment_params is not None
+        self.channels_last = channels_last
+        self.shuffle = torch.Generator().manual_seed(seed + SHUFFLE_STREAM)
+        self.augmentation = torch.Generator().manual_seed(seed + AUGMENT_STREAM)
+        self.targets = torch.tensor(subset.targets)
+        self._pool = ThreadPoolExecutor(max_workers=1) if resident is None else None
+
+    def __len__(self) -> int:
+        count = len(self.subset)
+        return count // self.bs if self.train else -(-count // self.bs)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """The generators' states, saved in checkpoints so a resumed run draws the same."""
+        return {"shuffle": self.shuffle.get_state(), "augmentation": self.augmentation.get_state()}
+
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore what `state()` returned."""
+        self.shuffle.set_state(state["shuffle"])
+        self.augmentation.set_state(state["augmentation"])
+
+    def _order(self) -> list[np.ndarray]:
+        count = len(self.subset)
+        order = (
+            torch.randperm(count, generator=self.shuffle).numpy()
+            if self.train
+            else np.arange(count)
+        )
+        return [order[i : i + self.bs] for i in range(0, len(self) * self.bs, self.bs)][: len(self)]
+
+    def _read(self, positions: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = self.subset.rows[positions]
+        pinned = self.device.type == "cuda"
+        out = torch.empty(
+            (len(rows), self.cache.size, self.cache.size, 3), dtype=torch.uint8, pin_memory=pinned
+        )
+        canvases = self.cache.read(rows, out)
+        sizes = self.cache.sizes(rows)
+        return (
+            canvases.to(self.device, non_blocking=True),
+            sizes.to(self.device, non_blocking=True),
+        )
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        batches = self._order()
+        pending: Future | None = None
+        if self._pool is not None and batches:
+            pending = self._pool.submit(self._read, batches[0])
+        for step, positions in enumerate(batches):
+            if self.resident is not None:
+                rows = torch.from_numpy(self.subset.rows[positions]).to(self.device)
+                canvases, sizes = self.resident.canvases[rows], self.resident.sizes[rows]
+            else:
+                canvases, sizes = pending.result()
+                if step + 1 < len(batches):
+                    pending = self._pool.submit(self._read, batches[step + 1])
+            params = (
+                draw(self.augment_params, len(positions), self.augmentation)
+                if self.train
+                else centre_draw(len(positions))
+            )
+            pad_mode = self.augment_params.pad_mode if self.augment_params else "reflection"
+            images = normalize(
+                augment(canvases, sizes, self.size, params, pad_mode), self.mean, self.std
+            )
+            if self.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            targets = self.targets[positions].to(self.device, non_blocking=True)
+            yield images, targets

@@ -1,0 +1,262 @@
+"""The lesson's `Learner`: data, model and device put together for one training stage, and the
+files a training stage writes (checkpoint, metrics, epoch history)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import nn
+
+from pets.cache import PixelCache
+from pets.config import Params
+from pets.data import DeviceCanvases, Loader, load_subsets
+from pets.errors import PetsError
+from pets.files import write_csv, write_json
+from pets.model import create_body, create_cnn, freeze, unfreeze
+from pets.tracking import Tracker
+from pets.train import (
+    EpochRow,
+    fit_guarded,
+    fit_one_cycle,
+    load_checkpoint,
+    pick_device,
+    save_checkpoint,
+    spread_lr,
+)
+
+HIDDEN, DROPOUT = 512, (0.25, 0.5)
+
+
+@dataclass
+class Learner:
+    """A model with what it was built from, and the loaders that feed it."""
+
+    model: nn.Sequential
+    info: dict[str, Any]  # arch, weights, classes, size, mean, std, split, head: the checkpoint's
+    train: Loader
+    valid: Loader
+    device: torch.device
+
+    @property
+    def split(self) -> str:
+        """Where the body's second layer group starts."""
+        return self.info["split"]
+
+    def fit_one_cycle(
+        self,
+        epochs: int,
+        lr: float | list[float],
+        wd: float,
+        key: str,
+        tracker: Tracker,
+        step_offset: int = 0,
+    ) -> list[EpochRow]:
+        """Train with the one-cycle policy, logging each epoch's row to the tracker."""
+
+        def log(row: EpochRow) -> None:
+            tracker.log_metrics(
+                {
+                    "train_loss": row.train_loss,
+                    "valid_loss": row.valid_loss,
+                    "error_rate": row.error_rate,
+                    "epoch_seconds": row.time,
+                },
+                step=step_offset + row.epoch,
+            )
+
+        lrs = spread_lr(lr)
+        print(
+            f"{key}: fit_one_cycle({epochs}) lr per layer group {[f'{x:.2e}' for x in lrs]}",
+            flush=True,
+        )
+        return fit_guarded(
+            lambda: fit_one_cycle(
+                self.model,
+                self.split,
+                self.train,
+                self.valid,
+                epochs,
+                lr,
+                wd,
+                self.device,
+                on_epoch=log,
+            ),
+            key,
+            self.train.bs,
+            self.info["size"],
+        )
+
+
+def _loaders(
+    params: Params,
+    key: str,
+    cache_dir: Path,
+    split: Path,
+    classes_json: Path,
+    size: int,
+    bs: int,
+    mean: tuple,
+    std: tuple,
+    device: torch.device,
+) -> tuple[Loader, Loader, list[str]]:
+    cache = PixelCache(cache_dir)
+    train, valid, classes = load_subsets(split, classes_json, cache)
+    if bs > len(train):
+        raise PetsError(
+            f"{key}.bs: {bs} is more than the {len(train)} training photos; "
+            "lower it (the last partial batch is dropped, as in fastai)"
+        )
+    resident = DeviceCanvases(cache, device) if DeviceCanvases.fits(cache, device) else None
+    common = {
+        "size": size,
+        "device": device,
+        "mean": mean,
+        "std": std,
+        "seed": params.seed,
+        "resident": resident,
+        "channels_last": device.type == "cuda",
+    }
+    return (
+        Loader(cache, train, bs=bs, augment_params=params.augment, **common),
+        Loader(cache, valid, bs=bs * 2, augment_params=None, **common),
+        classes,
+    )
+
+
+def _prepare(model: nn.Module, device: torch.device) -> nn.Module:
+    model = model.to(device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: pick the fastest kernels
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def create_learner(
+    params: Params,
+    key: str,
+    *,
+    arch: str,
+    weights: str,
+    size: int,
+    bs: int,
+    split: Path,
+    classes: Path,
+    cache: Path,
+) -> Learner:
+    """A new model from pretrained weights (the lesson's `create_cnn`), body frozen unless
+    `weights` is none."""
+    device = pick_device(params.device)
+    torch.manual_seed(params.seed)  # untrained bodies, the head's initial weights, dropout masks
+    body = create_body(arch, weights, f"{key}.weights")
+    train, valid, class_names = _loaders(
+        params, key, cache, split, classes, size, bs, body.mean, body.std, device
+    )
+    model = create_cnn(body, len(class_names))
+    frozen = weights != "none"
+    if frozen:
+        freeze(model, body.split)
+    info = {
+        "arch": arch,
+        "weights": body.weights,
+        "classes": class_names,
+        "size": size,
+        "mean": list(body.mean),
+        "std": list(body.std),
+        "split": body.split,
+        "head": {"features": body.features, "hidden": HIDDEN, "dropout": list(DROPOUT)},
+        "frozen": frozen,
+    }
+    return Learner(_prepare(model, device), info, train, valid, device)
+
+
+def rebuild_model(info: dict[str, Any], state: dict[str, torch.Tensor], key: str) -> nn.Sequential:
+    """The model a checkpoint describes, with its weights (nothing is downloaded)."""
+    body = create_body(info["arch"], "none", key)
+    model = create_cnn(body, len(info["classes"]))
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[1].strip() if "\n" in str(exc) else str(exc)
+        raise PetsError(
+            f"{key}: the weights do not fit {info['arch']} with "
+            f"{len(info['classes'])} classes ({first})"
+        ) from None
+    return model
+
+
+def load_learner(
+    params: Params, key: str, checkpoint: Path, *, bs: int, split: Path, classes: Path, cache: Path
+) -> Learner:
+    """The model saved at `checkpoint`, fed at the size it was trained at."""
+    saved = load_checkpoint(checkpoint, key)
+    info = {k: v for k, v in saved.items() if k not in ("model", "format")}
+    device = pick_device(params.device)
+    train, valid, class_names = _loaders(
+        params,
+        key,
+        cache,
+        split,
+        classes,
+        info["size"],
+        bs,
+        tuple(info["mean"]),
+        tuple(info["std"]),
+        device,
+    )
+    if info["classes"] != class_names:
+        raise PetsError(
+            f"{key}: {checkpoint} was trained on {len(info['classes'])} classes that differ from "
+            f"the {len(class_names)} in {classes}; rerun the stage that made it"
+        )
+    torch.manual_seed(params.seed)
+    model = rebuild_model(info, saved["model"], key)
+    return Learner(_prepare(model, device), info, train, valid, device)
+
+
+def unfreeze_learner(learner: Learner) -> None:
+    """The lesson's `learn.unfreeze()`."""
+    unfreeze(learner.model)
+    learner.info["frozen"] = False
+
+
+def write_outputs(
+    learner: Learner,
+    history: list[EpochRow],
+    *,
+    model_path: Path,
+    metrics_path: Path,
+    history_path: Path,
+    tracker: Tracker,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Save the checkpoint, `metrics.json` (the last epoch's numbers; no timings, so equal runs
+    give equal files) and the epoch table as CSV; returns the metrics."""
+    last = history[-1]
+    metrics = {
+        "error_rate": last.error_rate,
+        "accuracy": 1 - last.error_rate,
+        "valid_loss": last.valid_loss,
+        "train_loss": last.train_loss,
+        "epochs": len(history),
+        **(extra or {}),
+    }
+    table = pd.DataFrame([row.__dict__ for row in history])
+    write_csv(history_path, table)
+    save_checkpoint(model_path, learner.model, learner.info)
+    write_json(metrics_path, metrics)
+    seconds = float(table["time"].sum())
+    images = len(learner.train) * learner.train.bs * len(history)
+    tracker.log_metrics(
+        {
+            "final_error_rate": last.error_rate,
+            "final_valid_loss": last.valid_loss,
+            "train_seconds": seconds,
+            "train_images_per_s": images / max(seconds, 1e-9),
+        }
+    )
+    tracker.log_artifact(history_path)
+    return metrics

@@ -1,0 +1,137 @@
+"""The lesson's `lr_find()`: a learning-rate range test, and fastai's four suggestions.
+
+The sweep raises the learning rate exponentially batch by batch, records the loss, and stops
+when the smoothed loss passes four times its best. The suggestions are pure functions of the
+recorded curve, so each can be tested on synthetic curves."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pets.errors import PetsError
+from pets.train import SmoothedLoss, adamw, autocast, param_groups
+
+SUGGESTIONS = ("valley", "minimum", "steep", "slide")
+
+
+def sweep(
+    model: nn.Sequential,
+    split: str,
+    loader: Any,
+    device: torch.device,
+    *,
+    start_lr: float,
+    end_lr: float,
+    num_it: int,
+    stop_div: bool,
+    wd: float = 0.01,
+) -> pd.DataFrame:
+    """Train for up to `num_it` batches with lr = start * (end/start)^(i/num_it) on every layer
+    group; returns lr, loss and smoothed loss per batch. The caller's model is changed: reload
+    it afterwards if it is used again (fastai restores it for you)."""
+    optimizer = adamw(param_groups(model, split, [start_lr] * 3, wd))
+    smoothed, best = SmoothedLoss(), math.inf
+    rows = []
+    model.train()
+    while len(rows) < num_it:
+        for images, targets in loader:
+            lr = start_lr * (end_lr / start_lr) ** (len(rows) / num_it)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            with autocast(device):
+                loss = F.cross_entropy(model(images), targets)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            value = loss.item()
+            smooth = smoothed.update(value)
+            rows.append((lr, value, smooth))
+            best = min(best, smooth)
+            diverged = not math.isfinite(smooth) or (stop_div and smooth > 4 * best)
+            if diverged or len(rows) >= num_it:
+                return pd.DataFrame(rows, columns=["lr", "loss", "smoothed_loss"])
+        if not len(loader):
+            break
+    return pd.DataFrame(rows, columns=["lr", "loss", "smoothed_loss"])
+
+
+def trim(curve: pd.DataFrame, num_it: int) -> tuple[np.ndarray, np.ndarray]:
+    """The part of the curve fastai suggests from: the first tenth of `num_it` and the last 5
+    batches dropped, and nothing from the first non-finite loss on."""
+    lrs = curve["lr"].to_numpy()[num_it // 10 : -5]
+    losses = curve["smoothed_loss"].to_numpy()[num_it // 10 : -5]
+    bad = np.flatnonzero(~np.isfinite(losses))
+    if len(bad):
+        lrs, losses = lrs[: bad[0]], losses[: bad[0]]
+    return lrs, losses
+
+
+def minimum(lrs: np.ndarray, losses: np.ndarray) -> float:
+    """A tenth of the learning rate with the lowest loss."""
+    return float(lrs[int(np.argmin(losses))] / 10)
+
+
+def steep(lrs: np.ndarray, losses: np.ndarray) -> float:
+    """The learning rate where the loss falls fastest against log(lr)."""
+    slopes = np.diff(losses) / np.diff(np.log(lrs))
+    return float(lrs[int(np.argmin(slopes))])
+
+
+def valley(lrs: np.ndarray, losses: np.ndarray) -> float:
+    """fastai's default: the longest stretch where the loss keeps falling (a longest decreasing
+    subsequence); the suggestion lies past the stretch's first third, half way into the second."""
+    count = len(losses)
+    length = [1] * count
+    best_end = best_start = 0
+    for i in range(1, count):
+        for j in range(i):
+            if losses[i] < losses[j] and length[i] < length[j] + 1:
+                length[i] = length[j] + 1
+        if length[best_end] < length[i]:
+            best_end, best_start = i, i - length[i]
+    third = (best_end - best_start) / 3
+    return float(lrs[min(count - 1, best_start + int(third) + int(third / 2))])
+
+
+def slide(lrs: np.ndarray, losses: np.ndarray, lr_diff: int = 15, thresh: float = 0.005) -> float:
+    """fastai's 'slide' rule: walk left from the largest learning rate until the loss gradients
+    `lr_diff` points apart agree within `thresh`."""
+    gradient = np.gradient(losses)
+    lr_diff = min(lr_diff, len(losses) - 1)
+    right, left = -1, -1 - lr_diff
+    found = lrs[left]
+    while left >= -len(losses) and abs(gradient[right] - gradient[left]) > thresh:
+        found = lrs[left]
+        right, left = right - 1, left - 1
+    return float(found)
+
+
+def suggest(curve: pd.DataFrame, num_it: int) -> dict[str, dict[str, float]]:
+    """All four suggestions, each with the (smoothed) loss the curve has at it, so every
+    suggestion is a point on the plotted curve."""
+    lrs, losses = trim(curve, num_it)
+    if len(lrs) < 3:
+        lrs, losses = curve["lr"].to_numpy(), curve["smoothed_loss"].to_numpy()
+    if len(lrs) < 3:
+        raise PetsError(
+            "lr_find: fewer than 3 batches recorded; raise lr_find.num_it or lower lr_find.bs"
+        )
+    found = {
+        "valley": valley(lrs, losses),
+        "minimum": minimum(lrs, losses),
+        "steep": steep(lrs, losses),
+        "slide": slide(lrs, losses),
+    }
+    log_lrs = np.log10(curve["lr"].to_numpy())
+    smoothed = curve["smoothed_loss"].to_numpy()
+    return {
+        name: {"lr": lr, "loss": float(np.interp(np.log10(lr), log_lrs, smoothed))}
+        for name, lr in found.items()
+    }

@@ -1,0 +1,304 @@
+"""Training: the lesson's `fit_one_cycle`, one epoch, evaluation, and checkpoints.
+
+The schedule is `torch.optim.lr_scheduler.OneCycleLR` in fastai's shape (warm-up over 25% of the
+steps from lr/25, cosine down to lr/1e5, beta1 0.95 -> 0.85 -> 0.95), stepped every batch, on
+AdamW (betas 0.9/0.99, eps 1e-5, decoupled weight decay, none on norms and biases). On CUDA the
+forward pass runs in bf16 autocast on channels_last tensors."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from pets.errors import PetsError
+from pets.files import atomic_path
+from pets.model import layer_groups, norm_parameters
+
+CHECKPOINT_FORMAT = "pets.checkpoint/1"
+SMOOTHING = 0.98  # fastai's smoothed training loss: a debiased exponential moving average
+
+
+def pick_device(choice: str) -> torch.device:
+    """`auto` is CUDA when present, else the CPU; `cuda` without a GPU is an error."""
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise PetsError("device: cuda was asked for but torch sees no CUDA GPU; use auto or cpu")
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(choice)
+
+
+def spread_lr(lr: float | list[float], groups: int = 3) -> list[float]:
+    """One learning rate per layer group: a number for every group; `[x]` is the lesson's
+    `slice(x)` (x/10 on the body groups, x on the head); `[low, high]` is `slice(low, high)`,
+    spaced geometrically."""
+    if not isinstance(lr, list):
+        return [float(lr)] * groups
+    if len(lr) == 1:
+        return [lr[0] / 10] * (groups - 1) + [float(lr[0])]
+    low, high = lr
+    return [low * (high / low) ** (i / (groups - 1)) for i in range(groups)]
+
+
+def param_groups(model: nn.Sequential, split: str, lrs: list[float], wd: float) -> list[dict]:
+    """AdamW parameter groups: each layer group twice, with weight decay and without it (norm
+    layers and biases); frozen parameters are left out."""
+    norms = norm_parameters(model)
+    groups = []
+    for lr, parameters in zip(lrs, layer_groups(model, split), strict=True):
+        trainable = [p for p in parameters if p.requires_grad]
+        plain = [p for p in trainable if id(p) in norms or p.ndim <= 1]
+        decayed = [p for p in trainable if not (id(p) in norms or p.ndim <= 1)]
+        groups += [
+            {"params": ps, "lr": lr, "weight_decay": w}
+            for ps, w in ((decayed, wd), (plain, 0.0))
+            if ps
+        ]
+    return groups
+
+
+def one_cycle(
+    optimizer: torch.optim.Optimizer, total_steps: int
+) -> torch.optim.lr_scheduler.OneCycleLR:
+    """fastai's one-cycle schedule for the optimizer's groups (each group's `lr` is its peak)."""
+    if total_steps < 3:
+        raise PetsError(
+            f"{total_steps} batches in all are too few for a one-cycle schedule; "
+            "lower bs or train more epochs"
+        )
+    return torch.optim.lr_scheduler.OneCycleLR(
+        optimizer,
+        max_lr=[g["lr"] for g in optimizer.param_groups],
+        total_steps=total_steps,
+        # The warm-up needs at least one whole step: only very short runs (tests) lengthen it.
+        pct_start=max(0.25, 1.5 / total_steps),
+        anneal_strategy="cos",
+        cycle_momentum=True,
+        base_momentum=0.85,
+        max_momentum=0.95,
+        div_factor=25.0,
+        final_div_factor=1e5 / 25.0,
+    )
+
+
+def adamw(groups: list[dict]) -> torch.optim.AdamW:
+    """fastai's Adam settings with decoupled weight decay."""
+    return torch.optim.AdamW(groups, betas=(0.9, 0.99), eps=1e-5)
+
+
+@dataclass
+class SmoothedLoss:
+    """fastai's smoothed training loss (EMA with beta 0.98, debiased)."""
+
+    value: float = 0.0
+    count: int = 0
+
+    def update(self, loss: float) -> float:
+        """Add one batch's loss and return the smoothed value."""
+        self.count += 1
+        self.value = SMOOTHING * self.value + (1 - SMOOTHING) * loss
+        return self.value / (1 - SMOOTHING**self.count)
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA; full precision elsewhere (reproducible to the last digit)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _progress(total: int, description: str) -> tqdm:
+    # Shown in a terminal; left out of log files (Snakemake's logs), where it would be noise.
+    return tqdm(
+        total=total,
+        desc=description,
+        leave=False,
+        file=sys.stderr,
+        disable=None,
+        mininterval=0.5,
+        dynamic_ncols=True,
+    )
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: Any,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    smoothed: SmoothedLoss,
+    device: torch.device,
+    description: str = "train",
+) -> float:
+    """One pass over the training loader, stepping the schedule every batch; returns the
+    smoothed loss at the end (the lesson's train_loss column)."""
+    model.train()
+    value = math.nan
+    losses = []
+    with _progress(len(loader), description) as bar:
+        for images, targets in loader:
+            with autocast(device):
+                loss = F.cross_entropy(model(images), targets)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            losses.append(loss.detach())
+            bar.update()
+    # One transfer at the end instead of a GPU sync every batch.
+    for loss in torch.stack(losses).float().cpu().tolist() if losses else []:
+        value = smoothed.update(loss)
+    if not math.isfinite(value):
+        raise PetsError("training diverged (the loss is not finite); lower the learning rate")
+    return value
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, loader: Any, device: torch.device) -> torch.Tensor:
+    """Logits (float32, on the CPU) for every photo of `loader`, in its order."""
+    model.eval()
+    outputs = []
+    with _progress(len(loader), "valid") as bar:
+        for images, _ in loader:
+            with autocast(device):
+                outputs.append(model(images).float())
+            bar.update()
+    return torch.cat(outputs).cpu() if outputs else torch.zeros(0)
+
+
+def evaluate(model: nn.Module, loader: Any, device: torch.device) -> tuple[float, float]:
+    """(valid_loss, error_rate) over the validation loader."""
+    logits = predict(model, loader, device)
+    targets = loader.targets
+    loss = F.cross_entropy(logits, targets).item()
+    error = (logits.argmax(dim=1) != targets).double().mean().item()
+    return loss, error
+
+
+@dataclass
+class EpochRow:
+    """One row of the lesson's epoch table."""
+
+    epoch: int
+    train_loss: float
+    valid_loss: float
+    error_rate: float
+    time: float
+
+    def line(self) -> str:
+        """The row as fastai prints it."""
+        minutes, seconds = divmod(round(self.time), 60)
+        return (
+            f"{self.epoch:<9} {self.train_loss:<11.6f} {self.valid_loss:<11.6f} "
+            f"{self.error_rate:<11.6f} {minutes:02d}:{seconds:02d}"
+        )
+
+
+HEADER = f"{'epoch':<9} {'train_loss':<11} {'valid_loss':<11} {'error_rate':<11} time"
+
+
+@dataclass
+class FitState:
+    """Everything a one-cycle fit needs to continue after an interruption."""
+
+    epoch: int = 0
+    history: list[EpochRow] = field(default_factory=list)
+    smoothed: SmoothedLoss = field(default_factory=SmoothedLoss)
+
+
+def fit_one_cycle(
+    model: nn.Sequential,
+    split: str,
+    train_loader: Any,
+    valid_loader: Any,
+    epochs: int,
+    lr: float | list[float],
+    wd: float,
+    device: torch.device,
+    on_epoch: Callable[[EpochRow], None] | None = None,
+    resume: Callable[[dict], FitState] | None = None,
+    checkpoint: Callable[[dict], None] | None = None,
+) -> list[EpochRow]:
+    """The lesson's `fit_one_cycle(epochs, lr)`: prints the epoch table as it goes and returns
+    it. `checkpoint` receives the full training state after each epoch; `resume` may return a
+    state to continue from (after loading it into the model, optimizer and scheduler)."""
+    lrs = spread_lr(lr)
+    optimizer = adamw(param_groups(model, split, lrs, wd))
+    scheduler = one_cycle(optimizer, epochs * len(train_loader))
+    parts = {
+        "model": model,
+        "optimizer": optimizer,
+        "scheduler": scheduler,
+        "train_loader": train_loader,
+    }
+    state = resume(parts) if resume else FitState()
+    print(HEADER, flush=True)
+    for row in state.history:
+        print(row.line(), "(resumed)", flush=True)
+    for epoch in range(state.epoch, epochs):
+        start = time.perf_counter()
+        train_loss = train_one_epoch(
+            model, train_loader, optimizer, scheduler, state.smoothed, device, f"epoch {epoch}"
+        )
+        valid_loss, error_rate = evaluate(model, valid_loader, device)
+        row = EpochRow(epoch, train_loss, valid_loss, error_rate, time.perf_counter() - start)
+        state.history.append(row)
+        state.epoch = epoch + 1
+        print(row.line(), flush=True)
+        if on_epoch:
+            on_epoch(row)
+        if checkpoint:
+            checkpoint({**parts, "state": state})
+    return state.history
+
+
+def fit_guarded(fit: Callable[[], list[EpochRow]], key: str, bs: int, size: int) -> list[EpochRow]:
+    """Run `fit`, turning CUDA out-of-memory into advice on which parameter to lower."""
+    try:
+        return fit()
+    except torch.cuda.OutOfMemoryError:
+        name = torch.cuda.get_device_name() if torch.cuda.is_available() else "the GPU"
+        raise PetsError(
+            f"{key}: CUDA ran out of memory at bs {bs}, size {size} on {name}; lower {key}.bs "
+            f"(e.g. {max(1, bs // 2)}) or {key}.size"
+        ) from None
+
+
+def save_checkpoint(path: Path, model: nn.Module, info: dict[str, Any]) -> None:
+    """Weights plus what rebuilding the model needs (arch, classes, size, normalisation), as a
+    plain dict that `torch.load(weights_only=True)` reads back."""
+    with atomic_path(path) as tmp:
+        torch.save({"format": CHECKPOINT_FORMAT, **info, "model": model.state_dict()}, tmp)
+
+
+def load_checkpoint(path: Path, key: str = "checkpoint") -> dict[str, Any]:
+    """A checkpoint written by `save_checkpoint`, loaded without unpickling code."""
+    if not path.is_file():
+        raise PetsError(f"{key}: {path} not found; run the stage that makes it first")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated, foreign or unsafe files all land here
+        raise PetsError(f"{key}: {path} is not a readable pets checkpoint ({exc})") from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise PetsError(f"{key}: {path} is not a pets checkpoint")
+    return checkpoint
+
+
+@contextlib.contextmanager
+def threads(count: int) -> Iterator[None]:
+    """Use `count` CPU threads for tensor maths (the rule's `threads`)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, count))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

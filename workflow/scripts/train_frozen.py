@@ -1,0 +1,81 @@
+"""Stage `train_frozen`: the lesson's `learn = create_cnn(data, models.resnet34,
+metrics=error_rate)` then `learn.fit_one_cycle(4)` and `learn.save('stage-1')`.
+
+Builds the pretrained body (`train_frozen.arch`, `train_frozen.weights`) with the lesson's head,
+freezes the body except its BatchNorm layers (nothing is frozen with `weights: none`), and trains
+with the one-cycle policy at `size` and `bs`, printing the epoch table. `lr` is a number (every
+layer group), [x] (the lesson's slice(x): x on the head, x/10 on the body) or [low, high].
+
+params: train_frozen.*, augment.*, seed, device
+inputs: --split, --classes, --cache
+outputs: --model (models/stage-1.pth: weights, arch, classes, size, normalisation), --metrics
+(error_rate, valid_loss, ...), --history (the epoch table as CSV)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pets.config import Params
+from pets.learner import create_learner, write_outputs
+from pets.stage import run_stage, stage_parser, training_arguments
+from pets.tracking import Tracker
+from pets.train import threads as torch_threads
+
+
+def main(
+    params: Params,
+    *,
+    split: Path,
+    classes: Path,
+    cache: Path,
+    model: Path,
+    metrics: Path,
+    history: Path,
+    threads: int = 1,
+    tracker: Tracker | None = None,
+) -> None:
+    """Create the frozen model, fit it, write the checkpoint, metrics and epoch table."""
+    tracker = tracker or Tracker()
+    cfg = params.train_frozen
+    with torch_threads(threads):
+        learner = create_learner(
+            params,
+            "train_frozen",
+            arch=cfg.arch,
+            weights=cfg.weights,
+            size=cfg.size,
+            bs=cfg.bs,
+            split=split,
+            classes=classes,
+            cache=cache,
+        )
+        rows = learner.fit_one_cycle(cfg.epochs, cfg.lr, cfg.wd, "train_frozen", tracker)
+    write_outputs(
+        learner, rows, model_path=model, metrics_path=metrics, history_path=history, tracker=tracker
+    )
+
+
+def cli(argv: list[str] | None = None) -> None:
+    """Command line: `python workflow/scripts/train_frozen.py --help`."""
+    parser = training_arguments(stage_parser(__doc__), "stage-1")
+    args = parser.parse_args(argv)
+    run_stage(
+        "train_frozen",
+        args.params,
+        lambda params, tracker: main(
+            params,
+            split=args.split,
+            classes=args.classes,
+            cache=args.cache,
+            model=args.model,
+            metrics=args.metrics,
+            history=args.history,
+            threads=args.threads,
+            tracker=tracker,
+        ),
+    )
+
+
+if __name__ == "__main__":
+    cli()
