@@ -31,6 +31,11 @@ TRAINING = [
     "train",
     "transforms",
 ]
+MODELS = ["stage-1", "stage-2", "resnet50"]  # the lesson's three trained models
+
+
+wildcard_constraints:
+    model="|".join(MODELS),
 
 
 def code(stage, *modules):
@@ -48,10 +53,7 @@ onstart:
 
 rule all:
     input:
-        "reports/show_batch.png",
-        "reports/lr_find.png",
-        "models/stage-2.pth",
-        "models/resnet50.pth",
+        "reports/index.html",
 
 
 rule download:
@@ -117,7 +119,7 @@ rule preview:
         split="data/split.csv",
         cache="data/cache",
     output:
-        figure="reports/show_batch.png",
+        figure=report("reports/show_batch.png", category="Data"),
     log:
         "logs/preview.log",
     conda:
@@ -139,6 +141,7 @@ rule train_frozen:
         model="models/stage-1.pth",
         metrics="metrics/stage-1.json",
         history="reports/stage-1/history.csv",
+        info="reports/stage-1/model.json",
     log:
         "logs/train_frozen.log",
     conda:
@@ -151,7 +154,8 @@ rule train_frozen:
     shell:
         "python workflow/scripts/train_frozen.py --params params.yaml --split {input.split}"
         " --classes {input.classes} --cache {input.cache} --model {output.model}"
-        " --metrics {output.metrics} --history {output.history} --threads {threads}"
+        " --metrics {output.metrics} --history {output.history} --model-info {output.info}"
+        " --threads {threads}"
         " 2>&1 | tee {log}"
 
 
@@ -164,7 +168,7 @@ rule lr_find:
         cache="data/cache",
     output:
         curve="reports/lr_find.csv",
-        figure="reports/lr_find.png",
+        figure=report("reports/lr_find.png", category="Training"),
         suggestions="metrics/lr_find.json",
     log:
         "logs/lr_find.log",
@@ -194,6 +198,7 @@ rule finetune:
         model="models/stage-2.pth",
         metrics="metrics/stage-2.json",
         history="reports/stage-2/history.csv",
+        info="reports/stage-2/model.json",
     log:
         "logs/finetune.log",
     conda:
@@ -207,7 +212,8 @@ rule finetune:
         "python workflow/scripts/finetune.py --params params.yaml --checkpoint {input.checkpoint}"
         " --lr-find {input.lr_find} --split {input.split} --classes {input.classes}"
         " --cache {input.cache} --model {output.model} --metrics {output.metrics}"
-        " --history {output.history} --threads {threads} 2>&1 | tee {log}"
+        " --history {output.history} --model-info {output.info} --threads {threads}"
+        " 2>&1 | tee {log}"
 
 
 rule train_resnet50:
@@ -220,6 +226,7 @@ rule train_resnet50:
         model="models/resnet50.pth",
         metrics="metrics/resnet50.json",
         history="reports/resnet50/history.csv",
+        info="reports/resnet50/model.json",
     log:
         "logs/train_resnet50.log",
     conda:
@@ -232,5 +239,109 @@ rule train_resnet50:
     shell:
         "python workflow/scripts/train_resnet50.py --params params.yaml --split {input.split}"
         " --classes {input.classes} --cache {input.cache} --model {output.model}"
-        " --metrics {output.metrics} --history {output.history} --threads {threads}"
+        " --metrics {output.metrics} --history {output.history} --model-info {output.info}"
+        " --threads {threads}"
         " 2>&1 | tee {log}"
+
+
+rule get_preds:
+    input:
+        code=code("get_preds", *TRAINING, "interpret"),
+        checkpoint="models/{model}.pth",
+        split="data/split.csv",
+        classes="data/classes.json",
+        cache="data/cache",
+    output:
+        predictions="reports/{model}/predictions.csv",
+    log:
+        "logs/get_preds/{model}.log",
+    conda:
+        "envs/pets.yaml"
+    threads: 4
+    resources:
+        gpu=1,
+    params:
+        stage_params(PARAMS, "get_preds"),
+    shell:
+        "python workflow/scripts/get_preds.py --params params.yaml --checkpoint {input.checkpoint}"
+        " --split {input.split} --classes {input.classes} --cache {input.cache}"
+        " --predictions {output.predictions} --threads {threads} 2>&1 | tee {log}"
+
+
+rule interpret:
+    input:
+        code=code(
+            "interpret",
+            "cache",
+            "data",
+            "images",
+            "interpret",
+            "labels",
+            "plots",
+            "transforms",
+        ),
+        predictions="reports/{model}/predictions.csv",
+        classes="data/classes.json",
+        cache="data/cache",
+    output:
+        top_losses=report("reports/{model}/top_losses.png", category="Interpretation"),
+        confusion=report(
+            "reports/{model}/confusion_matrix.png", category="Interpretation"
+        ),
+        normalized="reports/{model}/confusion_matrix_normalized.png",
+        matrix="reports/{model}/confusion_matrix.csv",
+        most_confused="reports/{model}/most_confused.csv",
+        per_class="reports/{model}/per_class.csv",
+        metrics="metrics/interpret/{model}.json",
+    log:
+        "logs/interpret/{model}.log",
+    conda:
+        "envs/pets.yaml"
+    params:
+        stage_params(PARAMS, "interpret"),
+    shell:
+        "python workflow/scripts/interpret.py --params params.yaml --name {wildcards.model}"
+        " --predictions {input.predictions} --classes {input.classes} --cache {input.cache}"
+        " --out reports/{wildcards.model} --metrics {output.metrics} 2>&1 | tee {log}"
+
+
+rule report:
+    input:
+        code=code("report", "cache", "images", "interpret", "plots", "report"),
+        quality="reports/data_quality.json",
+        show_batch="reports/show_batch.png",
+        lr_find=["reports/lr_find.png", "metrics/lr_find.json"],
+        training=expand(
+            [
+                "reports/{model}/history.csv",
+                "reports/{model}/model.json",
+                "metrics/{model}.json",
+            ],
+            model=MODELS,
+        ),
+        interpretation=expand(
+            [
+                "reports/{model}/predictions.csv",
+                "reports/{model}/top_losses.png",
+                "reports/{model}/confusion_matrix.png",
+                "reports/{model}/confusion_matrix_normalized.png",
+                "reports/{model}/most_confused.csv",
+                "reports/{model}/per_class.csv",
+                "metrics/interpret/{model}.json",
+            ],
+            model=MODELS,
+        ),
+        cache="data/cache",
+    output:
+        html=report("reports/index.html", category="Report"),
+        flips="reports/flips.csv",
+    log:
+        "logs/report.log",
+    conda:
+        "envs/pets.yaml"
+    params:
+        stage_params(PARAMS, "report"),
+    shell:
+        "python workflow/scripts/report.py --params params.yaml --models stage-1 stage-2 resnet50"
+        " --reports reports --metrics metrics --cache {input.cache} --out {output.html}"
+        " --flips {output.flips} 2>&1 | tee {log}"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import TINY, make_project, small_pets
+from tests.helpers import TINY, make_project, run_tool, small_pets
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,3 +35,14 @@ def git(cwd: Path, *args: str) -> str:
     return subprocess.run(
         ["git", *args], cwd=cwd, check=True, capture_output=True, text=True
     ).stdout
+
+
+@pytest.fixture(scope="session")
+def snakemade(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project copy on a tiny Pets archive after one `snakemake --cores 4`: every stage's
+    outputs, for tests that read them (do not change its files without restoring them)."""
+    root = tmp_path_factory.mktemp("snake")
+    archive = small_pets(root, "pets")
+    project = make_project(root / "project", TINY, {"data": {"url": str(archive), "md5": None}})
+    run_tool(project, "snakemake", "--cores", "4")
+    return project

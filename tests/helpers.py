@@ -25,6 +25,8 @@ TINY = {
     "lr_find": {"bs": 4, "num_it": 12},
     "finetune": {"bs": 4, "epochs": 1},
     "train_resnet50": {"weights": "none", "size": 48, "bs": 4, "epochs": 1},
+    "get_preds": {"bs": 4},
+    "interpret": {"k": 4, "bootstrap": 200},
 }
 
 

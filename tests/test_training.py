@@ -52,6 +52,7 @@ def _train(photos: dict[str, Path], out: Path, **section) -> dict:
         model=out / "m.pth",
         metrics=out / "m.json",
         history=out / "h.csv",
+        model_info=out / "info.json",
         threads=2,
     )
     return json.loads((out / "m.json").read_text())
@@ -106,7 +107,12 @@ def test_same_params_same_numbers(photos, tmp_path: Path) -> None:
         }
     )
     _script("train_frozen").main(
-        params, **photos, model=other / "m.pth", metrics=other / "m.json", history=other / "h.csv"
+        params,
+        **photos,
+        model=other / "m.pth",
+        metrics=other / "m.json",
+        history=other / "h.csv",
+        model_info=other / "info.json",
     )
     assert (other / "m.json").read_bytes() != (first / "m.json").read_bytes()
 
@@ -155,6 +161,7 @@ def test_finetune_lr_find_and_resnet50_chain(photos, tmp_path: Path) -> None:
         model=tmp_path / "s2.pth",
         metrics=tmp_path / "s2.json",
         history=tmp_path / "s2.csv",
+        model_info=tmp_path / "s2-info.json",
     )
     assert load_checkpoint(tmp_path / "s2.pth")["frozen"] is False
     _script("train_resnet50").main(
@@ -163,6 +170,7 @@ def test_finetune_lr_find_and_resnet50_chain(photos, tmp_path: Path) -> None:
         model=tmp_path / "r50.pth",
         metrics=tmp_path / "r50.json",
         history=tmp_path / "r50.csv",
+        model_info=tmp_path / "r50-info.json",
     )
     assert pd.read_csv(tmp_path / "r50.csv")["epoch"].tolist() == [0, 1]
     assert json.loads((tmp_path / "r50.json").read_text())["epochs"] == 2
@@ -186,6 +194,7 @@ def test_bad_training_inputs(photos, tmp_path: Path) -> None:
             model=tmp_path / "s2.pth",
             metrics=tmp_path / "s2.json",
             history=tmp_path / "s2.csv",
+            model_info=tmp_path / "s2-info.json",
         )
     auto = parse_params({"finetune": {"bs": 8, "epochs": 1, "lr": "auto"}})
     with pytest.raises(PetsError, match="finetune.lr: auto needs .*lr_find.json"):
@@ -197,6 +206,7 @@ def test_bad_training_inputs(photos, tmp_path: Path) -> None:
             model=tmp_path / "s2.pth",
             metrics=tmp_path / "s2.json",
             history=tmp_path / "s2.csv",
+            model_info=tmp_path / "s2-info.json",
         )
     assert not (tmp_path / "s2.pth").exists()
 

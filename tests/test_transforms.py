@@ -151,14 +151,22 @@ def test_loaders_stream_and_resident_give_the_same_batches(tmp_path: Path) -> No
     from pets.data import DeviceCanvases, Loader, Subset
 
     make_pets(tmp_path / "pets", 5, classes=2, sizes=((60, 45), (45, 60)))
-    paths = sorted(p.relative_to(tmp_path / "pets").as_posix()
-                   for p in (tmp_path / "pets").rglob("*.jpg"))
+    paths = sorted(
+        p.relative_to(tmp_path / "pets").as_posix() for p in (tmp_path / "pets").rglob("*.jpg")
+    )
     build_cache(tmp_path / "pets", paths, 48, tmp_path / "cache")
     cache = PixelCache(tmp_path / "cache")
     subset = Subset(cache.rows_for(paths), np.array([i % 2 for i in range(10)]), paths)
     cpu = torch.device("cpu")
-    common = {"bs": 4, "size": 32, "device": cpu, "mean": (0.5,) * 3, "std": (0.25,) * 3,
-              "augment_params": AugmentParams(), "seed": 3}
+    common = {
+        "bs": 4,
+        "size": 32,
+        "device": cpu,
+        "mean": (0.5,) * 3,
+        "std": (0.25,) * 3,
+        "augment_params": AugmentParams(),
+        "seed": 3,
+    }
     streamed = Loader(cache, subset, **common)
     resident = Loader(cache, subset, resident=DeviceCanvases(cache, cpu), **common)
     assert len(streamed) == 2  # 10 photos, bs 4: the last partial batch is dropped

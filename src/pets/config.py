@@ -244,6 +244,27 @@ class FinetuneParams(Section):
         return value if value == "auto" else _check_lr(value)
 
 
+class GetPredsParams(Section):
+    """`get_preds`: one inference pass of each model over the validation photos."""
+
+    bs: int = Field(128, ge=1, le=8192, description="batch size for inference")
+
+
+class InterpretParams(Section):
+    """`interpret` (the lesson's ClassificationInterpretation), computed from predictions."""
+
+    k: int = Field(9, ge=1, le=100, description="plot_top_losses(k)")
+    min_val: int = Field(2, ge=1, description="most_confused(min_val)")
+    bootstrap: int = Field(1000, ge=100, le=100000, description="bootstrap resamples")
+    confidence: float = Field(0.95, gt=0.5, lt=1, description="interval level")
+
+
+class ReportParams(Section):
+    """`report`: the page that shows every model side by side."""
+
+    flips_shown: int = Field(24, ge=0, le=500, description="flipped photos shown per direction")
+
+
 class Params(Section):
     """All of `params.yaml`: shared keys, then one section per stage."""
 
@@ -259,6 +280,9 @@ class Params(Section):
     lr_find: LrFindParams = LrFindParams()
     finetune: FinetuneParams = FinetuneParams()
     train_resnet50: TrainResnet50Params = TrainResnet50Params()
+    get_preds: GetPredsParams = GetPredsParams()
+    interpret: InterpretParams = InterpretParams()
+    report: ReportParams = ReportParams()
 
 
 # The params each stage reads: its own section plus shared keys. The Snakefile's `params:`, the
@@ -272,6 +296,9 @@ STAGE_PARAMS: dict[str, tuple[str, ...]] = {
     "lr_find": ("lr_find", "augment", "seed", "device"),
     "finetune": ("finetune", "augment", "seed", "device"),
     "train_resnet50": ("train_resnet50", "augment", "seed", "device"),
+    "get_preds": ("get_preds", "device"),
+    "interpret": ("interpret", "seed"),
+    "report": ("report",),
 }
 
 

@@ -75,8 +75,9 @@ class DeviceCanvases:
         self.canvases = torch.empty(
             (len(cache), cache.size, cache.size, 3), dtype=torch.uint8, device=device
         )
-        staging = torch.empty((chunk, cache.size, cache.size, 3), dtype=torch.uint8,
-                              pin_memory=device.type == "cuda")
+        staging = torch.empty(
+            (chunk, cache.size, cache.size, 3), dtype=torch.uint8, pin_memory=device.type == "cuda"
+        )
         for start in range(0, len(cache), chunk):
             rows = range(start, min(start + chunk, len(cache)))
             cache.read(rows, staging[: len(rows)])

@@ -37,7 +37,7 @@ class Learner:
 
     model: nn.Sequential
     info: dict[str, Any]  # arch, weights, classes, size, mean, std, split, head: the checkpoint's
-    train: Loader
+    train: Loader | None  # None when loaded for inference only
     valid: Loader
     device: torch.device
 
@@ -69,6 +69,7 @@ class Learner:
             )
 
         lrs = spread_lr(lr)
+        self.info.setdefault("lr", []).append(lrs)
         print(
             f"{key}: fit_one_cycle({epochs}) lr per layer group {[f'{x:.2e}' for x in lrs]}",
             flush=True,
@@ -102,10 +103,11 @@ def _loaders(
     mean: tuple,
     std: tuple,
     device: torch.device,
-) -> tuple[Loader, Loader, list[str]]:
+    train_too: bool = True,
+) -> tuple[Loader | None, Loader, list[str]]:
     cache = PixelCache(cache_dir)
     train, valid, classes = load_subsets(split, classes_json, cache)
-    if bs > len(train):
+    if train_too and bs > len(train):
         raise PetsError(
             f"{key}.bs: {bs} is more than the {len(train)} training photos; "
             "lower it (the last partial batch is dropped, as in fastai)"
@@ -120,11 +122,11 @@ def _loaders(
         "resident": resident,
         "channels_last": device.type == "cuda",
     }
-    return (
-        Loader(cache, train, bs=bs, augment_params=params.augment, **common),
-        Loader(cache, valid, bs=bs * 2, augment_params=None, **common),
-        classes,
+    train_loader = (
+        Loader(cache, train, bs=bs, augment_params=params.augment, **common) if train_too else None
     )
+    valid_bs = bs * 2 if train_too else bs
+    return train_loader, Loader(cache, valid, bs=valid_bs, augment_params=None, **common), classes
 
 
 def _prepare(model: nn.Module, device: torch.device) -> nn.Module:
@@ -189,13 +191,23 @@ def rebuild_model(info: dict[str, Any], state: dict[str, torch.Tensor], key: str
 
 
 def load_learner(
-    params: Params, key: str, checkpoint: Path, *, bs: int, split: Path, classes: Path, cache: Path
+    params: Params,
+    key: str,
+    checkpoint: Path,
+    *,
+    bs: int,
+    split: Path,
+    classes: Path,
+    cache: Path,
+    train: bool = True,
 ) -> Learner:
-    """The model saved at `checkpoint`, fed at the size it was trained at."""
+    """The model saved at `checkpoint`, fed at the size it was trained at; with `train=False`
+    only the validation loader is built (inference)."""
     saved = load_checkpoint(checkpoint, key)
-    info = {k: v for k, v in saved.items() if k not in ("model", "format")}
+    # What the model is; the learning rates of earlier fits are not carried into this one.
+    info = {k: v for k, v in saved.items() if k not in ("model", "format", "lr")}
     device = pick_device(params.device)
-    train, valid, class_names = _loaders(
+    train_loader, valid, class_names = _loaders(
         params,
         key,
         cache,
@@ -206,6 +218,7 @@ def load_learner(
         tuple(info["mean"]),
         tuple(info["std"]),
         device,
+        train_too=train,
     )
     if info["classes"] != class_names:
         raise PetsError(
@@ -214,7 +227,7 @@ def load_learner(
         )
     torch.manual_seed(params.seed)
     model = rebuild_model(info, saved["model"], key)
-    return Learner(_prepare(model, device), info, train, valid, device)
+    return Learner(_prepare(model, device), info, train_loader, valid, device)
 
 
 def unfreeze_learner(learner: Learner) -> None:
@@ -230,11 +243,13 @@ def write_outputs(
     model_path: Path,
     metrics_path: Path,
     history_path: Path,
+    info_path: Path,
     tracker: Tracker,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Save the checkpoint, `metrics.json` (the last epoch's numbers; no timings, so equal runs
-    give equal files) and the epoch table as CSV; returns the metrics."""
+    give equal files), the epoch table as CSV and what the model is (`model.json`: arch,
+    weights, size, batch size, learning rates per fit); returns the metrics."""
     last = history[-1]
     metrics = {
         "error_rate": last.error_rate,
@@ -247,6 +262,11 @@ def write_outputs(
     table = pd.DataFrame([row.__dict__ for row in history])
     write_csv(history_path, table)
     save_checkpoint(model_path, learner.model, learner.info)
+    description = {key: learner.info[key] for key in ("arch", "weights", "size", "frozen", "lr")}
+    description.update(
+        bs=learner.train.bs, epochs=len(history), classes=len(learner.info["classes"])
+    )
+    write_json(info_path, description)
     write_json(metrics_path, metrics)
     seconds = float(table["time"].sum())
     images = len(learner.train) * learner.train.bs * len(history)
@@ -259,4 +279,5 @@ def write_outputs(
         }
     )
     tracker.log_artifact(history_path)
+    tracker.log_artifact(info_path)
     return metrics

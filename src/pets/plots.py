@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,23 +18,27 @@ from pets.files import atomic_path
 
 
 def image_grid(
-    images: np.ndarray,
+    images: Sequence[np.ndarray],
     titles: Sequence[str],
     rows: int,
     cols: int | None = None,
     cell: float = 3.0,
     fontsize: int = 9,
+    title: str | None = None,
 ) -> Figure:
-    """Images (n, height, width, 3) in [0, 1] on a rows x cols grid, each with its title
+    """Images (height, width, 3) in [0, 1] (or uint8) on a rows x cols grid, each with its title
     (the lesson's `show_batch` and `plot_top_losses` layout)."""
     cols = cols or rows
     figure, axes = plt.subplots(rows, cols, figsize=(cols * cell, rows * cell), squeeze=False)
     for index, axis in enumerate(axes.flat):
         axis.axis("off")
         if index < len(images):
-            axis.imshow(np.clip(images[index], 0, 1))
+            image = images[index]
+            axis.imshow(image if image.dtype == np.uint8 else np.clip(image, 0, 1))
             axis.set_title(titles[index], fontsize=fontsize)
-    figure.tight_layout()
+    if title:
+        figure.suptitle(title, fontsize=fontsize + 1)
+    figure.tight_layout(rect=(0, 0, 1, 0.97) if title else None)
     return figure
 
 
@@ -64,7 +69,9 @@ def lr_find_plot(curve: pd.DataFrame, suggestions: dict[str, dict[str, float]]) 
     axis.set_ylabel("loss")
     finite = curve["smoothed_loss"][np.isfinite(curve["smoothed_loss"])]
     if len(finite):
-        axis.set_ylim(top=min(finite.max(), finite.iloc[0] * 2 + 1e-9) * 1.05)
+        low, high = finite.min(), min(finite.max(), finite.iloc[0] * 2 + 1e-9)
+        margin = (high - low) * 0.05 + 1e-9
+        axis.set_ylim(low - margin, high + margin)
     axis.legend()
     axis.grid(alpha=0.3)
     figure.tight_layout()
@@ -84,7 +91,42 @@ def history_plot(history: pd.DataFrame, title: str) -> Figure:
     errors.set_ylabel("error_rate")
     for axis in (losses, errors):
         axis.grid(alpha=0.3)
-        axis.xaxis.get_major_locator().set_params(integer=True)
+        axis.set_xticks(epochs if len(epochs) <= 12 else epochs[:: math.ceil(len(epochs) / 12)])
     figure.suptitle(title)
+    figure.tight_layout()
+    return figure
+
+
+def confusion_matrix_plot(
+    matrix: np.ndarray, classes: Sequence[str], title: str, normalized: bool = False
+) -> Figure:
+    """The lesson's `plot_confusion_matrix`: rows actual, columns predicted, the count (or the
+    share of the row, normalised) in every non-empty cell; sized to stay readable at 37 classes."""
+    values = matrix.astype(float)
+    if normalized:
+        totals = values.sum(axis=1, keepdims=True)
+        values = np.divide(values, totals, out=np.zeros_like(values), where=totals > 0)
+    side = max(5.0, 0.32 * len(classes) + 2)
+    figure, axis = plt.subplots(figsize=(side, side))
+    axis.imshow(values, cmap="Blues", vmin=0, vmax=values.max() or 1)
+    ticks = np.arange(len(classes))
+    fontsize = 8 if len(classes) <= 40 else 5
+    axis.set_xticks(ticks, labels=classes, rotation=90, fontsize=fontsize)
+    axis.set_yticks(ticks, labels=classes, fontsize=fontsize)
+    threshold = values.max() / 2
+    for row, col in zip(*np.nonzero(matrix), strict=True):
+        text = f"{values[row, col]:.2f}".lstrip("0") if normalized else str(matrix[row, col])
+        axis.text(
+            col,
+            row,
+            text,
+            ha="center",
+            va="center",
+            fontsize=fontsize - 1,
+            color="white" if values[row, col] > threshold else "black",
+        )
+    axis.set_xlabel("predicted")
+    axis.set_ylabel("actual")
+    axis.set_title(title)
     figure.tight_layout()
     return figure

@@ -69,5 +69,11 @@ def training_arguments(parser: argparse.ArgumentParser, model: str) -> argparse.
         default=Path(f"reports/{model}/history.csv"),
         help="the epoch table as CSV",
     )
+    parser.add_argument(
+        "--model-info",
+        type=Path,
+        default=Path(f"reports/{model}/model.json"),
+        help="what the model is: arch, weights, size, learning rates",
+    )
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for tensor maths")
     return parser

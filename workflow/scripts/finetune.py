@@ -9,7 +9,7 @@ lr_find's valley suggestion. The learning rates used are printed and recorded.
 params: finetune.*, augment.*, seed, device
 inputs: --checkpoint (models/stage-1.pth), --lr-find (metrics/lr_find.json), --split,
 --classes, --cache
-outputs: --model (models/stage-2.pth), --metrics, --history
+outputs: --model (models/stage-2.pth), --metrics, --history, --model-info
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ def main(
     model: Path,
     metrics: Path,
     history: Path,
+    model_info: Path,
     threads: int = 1,
     tracker: Tracker | None = None,
 ) -> None:
@@ -61,7 +62,13 @@ def main(
         unfreeze_learner(learner)
         rows = learner.fit_one_cycle(cfg.epochs, lr, cfg.wd, "finetune", tracker)
     write_outputs(
-        learner, rows, model_path=model, metrics_path=metrics, history_path=history, tracker=tracker
+        learner,
+        rows,
+        model_path=model,
+        metrics_path=metrics,
+        history_path=history,
+        info_path=model_info,
+        tracker=tracker,
     )
 
 
@@ -84,6 +91,7 @@ def cli(argv: list[str] | None = None) -> None:
             model=args.model,
             metrics=args.metrics,
             history=args.history,
+            model_info=args.model_info,
             threads=args.threads,
             tracker=tracker,
         ),

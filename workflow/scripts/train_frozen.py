@@ -9,7 +9,8 @@ layer group), [x] (the lesson's slice(x): x on the head, x/10 on the body) or [l
 params: train_frozen.*, augment.*, seed, device
 inputs: --split, --classes, --cache
 outputs: --model (models/stage-1.pth: weights, arch, classes, size, normalisation), --metrics
-(error_rate, valid_loss, ...), --history (the epoch table as CSV)
+(error_rate, valid_loss, ...), --history (the epoch table as CSV),
+--model-info (arch, weights, size, bs, learning rates)
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ def main(
     model: Path,
     metrics: Path,
     history: Path,
+    model_info: Path,
     threads: int = 1,
     tracker: Tracker | None = None,
 ) -> None:
@@ -52,7 +54,13 @@ def main(
         )
         rows = learner.fit_one_cycle(cfg.epochs, cfg.lr, cfg.wd, "train_frozen", tracker)
     write_outputs(
-        learner, rows, model_path=model, metrics_path=metrics, history_path=history, tracker=tracker
+        learner,
+        rows,
+        model_path=model,
+        metrics_path=metrics,
+        history_path=history,
+        info_path=model_info,
+        tracker=tracker,
     )
 
 
@@ -71,6 +79,7 @@ def cli(argv: list[str] | None = None) -> None:
             model=args.model,
             metrics=args.metrics,
             history=args.history,
+            model_info=args.model_info,
             threads=args.threads,
             tracker=tracker,
         ),

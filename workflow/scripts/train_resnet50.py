@@ -7,7 +7,7 @@ unfrozen and trained that many more epochs with `unfreeze_lr`.
 
 params: train_resnet50.*, augment.*, seed, device
 inputs: --split, --classes, --cache
-outputs: --model (models/resnet50.pth), --metrics, --history
+outputs: --model (models/resnet50.pth), --metrics, --history, --model-info
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ def main(
     model: Path,
     metrics: Path,
     history: Path,
+    model_info: Path,
     threads: int = 1,
     tracker: Tracker | None = None,
 ) -> None:
@@ -62,7 +63,13 @@ def main(
             )
             rows += [dataclasses.replace(row, epoch=row.epoch + len(rows)) for row in more]
     write_outputs(
-        learner, rows, model_path=model, metrics_path=metrics, history_path=history, tracker=tracker
+        learner,
+        rows,
+        model_path=model,
+        metrics_path=metrics,
+        history_path=history,
+        info_path=model_info,
+        tracker=tracker,
     )
 
 
@@ -81,6 +88,7 @@ def cli(argv: list[str] | None = None) -> None:
             model=args.model,
             metrics=args.metrics,
             history=args.history,
+            model_info=args.model_info,
             threads=args.threads,
             tracker=tracker,
         ),

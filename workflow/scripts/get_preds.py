@@ -1,0 +1,92 @@
+"""Stage `get_preds`: the lesson's `learn.get_preds()`, behind `ClassificationInterpretation`.
+
+One inference pass of a trained model over the validation photos (centre crop at the model's
+size, its own normalisation). Every interpretation figure and table is computed from the file it
+writes, so re-rendering them never runs the model again.
+
+params: get_preds.bs, device
+inputs: --checkpoint (models/<model>.pth), --split, --classes, --cache
+outputs: --predictions (reports/<model>/predictions.csv): path, actual, predicted, loss,
+p_actual, p_predicted, top1..top3 and p_top1..p_top3
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch.nn.functional as F
+
+from pets.config import Params
+from pets.files import write_csv
+from pets.interpret import predictions_table
+from pets.learner import load_learner
+from pets.stage import run_stage, stage_parser
+from pets.tracking import Tracker
+from pets.train import predict
+from pets.train import threads as torch_threads
+
+
+def main(
+    params: Params,
+    *,
+    checkpoint: Path,
+    split: Path,
+    classes: Path,
+    cache: Path,
+    predictions: Path,
+    threads: int = 1,
+    tracker: Tracker | None = None,
+) -> None:
+    """Predict every validation photo once and write the predictions table."""
+    tracker = tracker or Tracker()
+    with torch_threads(threads):
+        learner = load_learner(
+            params,
+            "get_preds",
+            checkpoint,
+            bs=params.get_preds.bs,
+            split=split,
+            classes=classes,
+            cache=cache,
+            train=False,
+        )
+        log_probs = F.log_softmax(predict(learner.model, learner.valid, learner.device), dim=1)
+    valid = learner.valid.subset
+    table = predictions_table(
+        valid.paths, valid.targets, log_probs.numpy(), learner.info["classes"]
+    )
+    write_csv(predictions, table)
+    error = float((table["actual"] != table["predicted"]).mean())
+    print(f"{predictions}: {len(table)} validation photos, error_rate {error:.6f}")
+    tracker.log_metrics({"error_rate": error, "valid_loss": float(table["loss"].mean())})
+    tracker.set_tags({"pets.model": checkpoint.stem})
+
+
+def cli(argv: list[str] | None = None) -> None:
+    """Command line: `python workflow/scripts/get_preds.py --help`."""
+    parser = stage_parser(__doc__)
+    parser.add_argument("--checkpoint", type=Path, default=Path("models/stage-1.pth"))
+    parser.add_argument("--split", type=Path, default=Path("data/split.csv"))
+    parser.add_argument("--classes", type=Path, default=Path("data/classes.json"))
+    parser.add_argument("--cache", type=Path, default=Path("data/cache"))
+    parser.add_argument("--predictions", type=Path, default=Path("reports/stage-1/predictions.csv"))
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads for tensor maths")
+    args = parser.parse_args(argv)
+    run_stage(
+        "get_preds",
+        args.params,
+        lambda params, tracker: main(
+            params,
+            checkpoint=args.checkpoint,
+            split=args.split,
+            classes=args.classes,
+            cache=args.cache,
+            predictions=args.predictions,
+            threads=args.threads,
+            tracker=tracker,
+        ),
+    )
+
+
+if __name__ == "__main__":
+    cli()
