@@ -39,10 +39,15 @@ def git(cwd: Path, *args: str) -> str:
 
 @pytest.fixture(scope="session")
 def snakemade(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A project copy on a tiny Pets archive after one `snakemake --cores 4`: every stage's
-    outputs, for tests that read them (do not change its files without restoring them)."""
+    """A project copy on a tiny Pets archive after one `snakemake --cores 4`, tracked in MLflow:
+    every stage's outputs and runs, for tests that read them (do not change its files without
+    restoring them; copy it to change it)."""
     root = tmp_path_factory.mktemp("snake")
     archive = small_pets(root, "pets")
-    project = make_project(root / "project", TINY, {"data": {"url": str(archive), "md5": None}})
+    project = make_project(
+        root / "project",
+        TINY,
+        {"data": {"url": str(archive), "md5": None}, "tracking": {"enabled": True}},
+    )
     run_tool(project, "snakemake", "--cores", "4")
     return project

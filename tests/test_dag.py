@@ -183,7 +183,7 @@ def test_editing_a_module_reruns_the_stages_that_use_it(snakemade: Path) -> None
 
 
 @pytest.mark.parametrize("layout", ["pets", "folder", "csv"])
-def test_dvc_repro_runs_each_layout(tmp_path: Path, layout: str) -> None:
+def test_dvc_repro_runs_each_layout(tmp_path: Path, layout: str, snakemade: Path) -> None:
     archive = small_pets(tmp_path, layout)
     labels = {"pets": {}, "folder": {"method": "folder", "folder": ""}, "csv": {"method": "csv"}}[
         layout
@@ -198,6 +198,11 @@ def test_dvc_repro_runs_each_layout(tmp_path: Path, layout: str) -> None:
         assert (project / output).exists(), output
     split = pd.read_csv(project / "data/split.csv")
     assert split["label"].nunique() == 4
+    if layout == "pets":  # same params and photos as the Snakemake run: the same numbers
+        metrics = sorted(p.relative_to(project) for p in (project / "metrics").rglob("*.json"))
+        assert len(metrics) == 7
+        for name in metrics:
+            assert (project / name).read_bytes() == (snakemade / name).read_bytes(), name
     if layout == "folder":
         assert split[split["is_valid"]]["path"].str.startswith("valid/").all()
     assert "didn't change, skipping" in run_tool(project, "dvc", "repro", *target).stdout

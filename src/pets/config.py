@@ -72,6 +72,7 @@ class TrackingParams(Section):
 
     enabled: bool = Field(True, description="log each stage to MLflow")
     experiment: str = Field("pets", min_length=1, description="MLflow experiment name")
+    log_models: bool = Field(False, description="also copy model files into MLflow (80-100 MB)")
 
 
 class DataParams(Section):

@@ -39,14 +39,17 @@ def run_stage(
     stage: str,
     params_path: Path,
     body: Callable[[Params, Tracker], None],
+    inputs: list[Path] | None = None,
+    outputs: list[Path] | None = None,
 ) -> None:
-    """Load and validate params, open the stage's MLflow run, run `body`; a `PetsError` becomes
-    one line on stderr and exit status 1, an interrupt exit status 130."""
+    """Load and validate params, open the stage's MLflow run (with the fingerprints of its
+    `inputs` and `outputs`), run `body`; a `PetsError` becomes one line on stderr and exit
+    status 1, an interrupt exit status 130."""
     signal.signal(signal.SIGTERM, _terminate)
     try:
         params = load_params(params_path)
         project = params_path.resolve().parent
-        with stage_run(stage, params, project) as tracker:
+        with stage_run(stage, params, project, inputs, outputs) as tracker:
             body(params, tracker)
     except PetsError as exc:
         print(f"{stage}: error: {exc}", file=sys.stderr)

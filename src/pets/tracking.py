@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
 import os
 import platform
@@ -15,10 +17,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import psutil
+import yaml
 from filelock import FileLock
 
 import pets
 from pets.config import Params, flatten, stage_params
+from pets.files import md5_file
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -26,6 +30,7 @@ if TYPE_CHECKING:
 PIPELINE_ENV = "PETS_PIPELINE"  # set by the Snakefile so cluster jobs share one parent run
 PIPELINE_TOOLS = ("snakemake", "dvc")
 TERMINAL = ("FAILED", "KILLED")
+DATASET_MANIFEST = "data/dataset.json"  # the download stage's manifest: the archive's md5
 
 
 class Tracker:
@@ -94,9 +99,9 @@ def _quiet() -> None:
 
 def client_for(project: Path) -> MlflowClient:
     """An MLflow client on the project's tracking store."""
-    _quiet()
     from mlflow.tracking import MlflowClient
 
+    _quiet()  # after the import: importing mlflow configures its own loggers
     return MlflowClient(tracking_uri(project))
 
 
@@ -156,14 +161,29 @@ def _git(project: Path, *args: str) -> str:
     return done.stdout.strip()
 
 
+def device_name(params: Params) -> str:
+    """The GPU a stage trains on, or the CPU's model and core count."""
+    import torch
+
+    if params.device != "cpu" and torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    model = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return f"{model} ({os.cpu_count()} cores)"
+
+
 def lineage_tags(project: Path, params: Params) -> dict[str, str]:
-    """Code, software and seed lineage for a run."""
+    """Code, data, software, device and seed lineage for a run."""
     import torch
     import torchvision
 
     commit = _git(project, "rev-parse", "HEAD")
     dirty = _git(project, "status", "--porcelain", "--untracked-files=no") if commit else ""
-    return {
+    tags = {
         "git.commit": commit or "unknown",
         "git.dirty": str(bool(dirty)).lower(),
         "mlflow.source.git.commit": commit or "unknown",
@@ -172,9 +192,66 @@ def lineage_tags(project: Path, params: Params) -> dict[str, str]:
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
         "cuda": torch.version.cuda or "none",
+        "device": device_name(params),
         "host": platform.node(),
         "seed": str(params.seed),
     }
+    manifest = project / DATASET_MANIFEST
+    with contextlib.suppress(OSError, ValueError, KeyError):
+        tags["data.archive_md5"] = json.loads(manifest.read_text())["md5"]
+    return tags
+
+
+def recorded_hashes(project: Path) -> dict[str, str]:
+    """Output hashes in dvc.lock, trusted only while `dvc repro` runs this stage (DVC writes each
+    upstream stage's entry as that stage finishes); otherwise empty."""
+    if "DVC_STAGE" not in os.environ:
+        return {}
+    try:
+        lock = yaml.safe_load((project / "dvc.lock").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return {}
+    return {
+        out["path"]: out["md5"]
+        for stage in lock.get("stages", {}).values()
+        for out in stage.get("outs", [])
+        if "md5" in out
+    }
+
+
+def fingerprint(path: Path, project: Path, recorded: dict[str, str]) -> str:
+    """What identifies an input or output: DVC's recorded md5, else a file's md5, else for a
+    folder `listing:` + the md5 of its file names and sizes (hashing gigabytes per stage would
+    cost more than the stage; the data's content is pinned by the archive's md5)."""
+    try:
+        relative = path.resolve().relative_to(project.resolve()).as_posix()
+    except ValueError:
+        relative = str(path)
+    if relative in recorded:
+        return recorded[relative]
+    if path.is_file():
+        return md5_file(path)
+    if path.is_dir():
+        lines = sorted(
+            f"{f.relative_to(path).as_posix()}\t{f.stat().st_size}"
+            for f in path.rglob("*")
+            if f.is_file()
+        )
+        return "listing:" + hashlib.md5("\n".join(lines).encode()).hexdigest()
+    return "missing"
+
+
+def file_tags(kind: str, paths: list[Path], project: Path) -> dict[str, str]:
+    """`input.<path>` / `output.<path>` tags with each path's fingerprint."""
+    recorded = recorded_hashes(project)
+    tags = {}
+    for path in paths:
+        try:
+            name = path.resolve().relative_to(project.resolve()).as_posix()
+        except ValueError:
+            name = str(path)
+        tags[f"{kind}.{name}"] = fingerprint(path, project, recorded)
+    return tags
 
 
 def _find_or_create_parent(client: MlflowClient, experiment: str, key: str, params: Params) -> str:
@@ -198,17 +275,30 @@ def _find_or_create_parent(client: MlflowClient, experiment: str, key: str, para
     return run.info.run_id
 
 
-def _finish_parent(client: MlflowClient, parent_id: str, status: str) -> None:
-    current = client.get_run(parent_id).info.status
-    if current in TERMINAL:
+def _finish_parent(client: MlflowClient, parent: str, experiment: str, status: str) -> None:
+    if client.get_run(parent).info.status in TERMINAL:
         return  # one failed stage marks the whole pipeline failed
-    client.set_terminated(parent_id, status)
+    running = client.search_runs(
+        [experiment],
+        filter_string=f"tags.`mlflow.parentRunId` = '{parent}' and attributes.status = 'RUNNING'",
+        max_results=1,
+    )
+    if status in TERMINAL or not running:  # stages still running keep the pipeline RUNNING
+        client.set_terminated(parent, status)
 
 
 @contextlib.contextmanager
-def stage_run(stage: str, params: Params, project: Path) -> Iterator[Tracker]:
+def stage_run(
+    stage: str,
+    params: Params,
+    project: Path,
+    inputs: list[Path] | None = None,
+    outputs: list[Path] | None = None,
+) -> Iterator[Tracker]:
     """One MLflow run for one stage, a child of its pipeline's parent run, ended FINISHED,
-    FAILED or KILLED; a plain `Tracker` (records nothing) when tracking is off."""
+    FAILED or KILLED, tagged with the fingerprints of its `inputs` and, when it succeeds, of
+    its `outputs` (model files are logged as files only with `tracking.log_models`); a plain
+    `Tracker` (records nothing) when tracking is off."""
     if not enabled(params):
         yield Tracker()
         return
@@ -217,16 +307,25 @@ def stage_run(stage: str, params: Params, project: Path) -> Iterator[Tracker]:
     with _lock(project):
         experiment = experiment_id(client, params.tracking.experiment, project)
         parent_id = _find_or_create_parent(client, experiment, key, params) if key else None
+        # Per-model stages run once per model: `interpret@stage-1`, as DVC names them.
         tags = {"pets.stage": stage, "pets.kind": "stage", "pets.pipeline": key or "by hand"}
+        if "@" in stage:
+            tags["pets.model"] = stage.split("@", 1)[1]
         if parent_id:
             tags["mlflow.parentRunId"] = parent_id
         run = client.create_run(experiment, run_name=stage, tags=tags)
     tracker = MlflowTracker(client, run.info.run_id)
-    tracker.log_params(flatten(stage_params(params, stage)))
-    tracker.set_tags(lineage_tags(project, params))
     status = "FAILED"
     try:
+        tracker.log_params(flatten(stage_params(params, stage.split("@")[0])))
+        tracker.set_tags(
+            {**lineage_tags(project, params), **file_tags("input", inputs or [], project)}
+        )
         yield tracker
+        tracker.set_tags(file_tags("output", outputs or [], project))
+        for path in outputs or []:
+            if params.tracking.log_models and path.suffix == ".pth":
+                tracker.log_artifact(path, "models")
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
@@ -235,4 +334,4 @@ def stage_run(stage: str, params: Params, project: Path) -> Iterator[Tracker]:
         client.set_terminated(run.info.run_id, status)
         if parent_id:
             with _lock(project):
-                _finish_parent(client, parent_id, status)
+                _finish_parent(client, parent_id, experiment, status)

@@ -65,6 +65,8 @@ def cli(argv: list[str] | None = None) -> None:
             threads=args.threads,
             tracker=tracker,
         ),
+        inputs=[args.dataset, args.split],
+        outputs=[args.cache],
     )
 
 

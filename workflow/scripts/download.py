@@ -57,6 +57,8 @@ def cli(argv: list[str] | None = None) -> None:
         lambda params, tracker: main(
             params, dataset=args.dataset, manifest=args.manifest, tracker=tracker
         ),
+        inputs=[],
+        outputs=[args.dataset, args.manifest],
     )
 
 

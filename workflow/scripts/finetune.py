@@ -95,6 +95,8 @@ def cli(argv: list[str] | None = None) -> None:
             threads=args.threads,
             tracker=tracker,
         ),
+        inputs=[args.checkpoint, args.lr_find, args.split, args.classes, args.cache],
+        outputs=[args.model, args.metrics],
     )
 
 

@@ -59,7 +59,6 @@ def main(
     error = float((table["actual"] != table["predicted"]).mean())
     print(f"{predictions}: {len(table)} validation photos, error_rate {error:.6f}")
     tracker.log_metrics({"error_rate": error, "valid_loss": float(table["loss"].mean())})
-    tracker.set_tags({"pets.model": checkpoint.stem})
 
 
 def cli(argv: list[str] | None = None) -> None:
@@ -73,7 +72,7 @@ def cli(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for tensor maths")
     args = parser.parse_args(argv)
     run_stage(
-        "get_preds",
+        f"get_preds@{args.checkpoint.stem}",
         args.params,
         lambda params, tracker: main(
             params,
@@ -85,6 +84,8 @@ def cli(argv: list[str] | None = None) -> None:
             threads=args.threads,
             tracker=tracker,
         ),
+        inputs=[args.checkpoint, args.split, args.classes, args.cache],
+        outputs=[args.predictions],
     )
 
 

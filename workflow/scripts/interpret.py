@@ -118,7 +118,6 @@ def main(
     for row in confused.head(10).itertuples():
         print(f"  ({row.actual!r}, {row.predicted!r}, {row.count})")
     tracker.log_metrics(numbers)
-    tracker.set_tags({"pets.model": name})
     for file in FILES:
         tracker.log_artifact(out / file, name)
 
@@ -134,7 +133,7 @@ def cli(argv: list[str] | None = None) -> None:
     parser.add_argument("--metrics", type=Path, default=Path("metrics/interpret/stage-1.json"))
     args = parser.parse_args(argv)
     run_stage(
-        "interpret",
+        f"interpret@{args.name}",
         args.params,
         lambda params, tracker: main(
             params,
@@ -146,6 +145,8 @@ def cli(argv: list[str] | None = None) -> None:
             metrics=args.metrics,
             tracker=tracker,
         ),
+        inputs=[args.predictions, args.classes, args.cache],
+        outputs=[args.metrics],
     )
 
 

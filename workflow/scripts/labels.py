@@ -85,6 +85,8 @@ def cli(argv: list[str] | None = None) -> None:
             threads=args.threads,
             tracker=tracker,
         ),
+        inputs=[args.dataset],
+        outputs=[args.split, args.classes, args.quality],
     )
 
 

@@ -97,6 +97,8 @@ def cli(argv: list[str] | None = None) -> None:
             threads=args.threads,
             tracker=tracker,
         ),
+        inputs=[args.checkpoint, args.split, args.classes, args.cache],
+        outputs=[args.suggestions],
     )
 
 

@@ -69,6 +69,8 @@ def cli(argv: list[str] | None = None) -> None:
         lambda params, tracker: main(
             params, split=args.split, cache=args.cache, figure=args.figure, tracker=tracker
         ),
+        inputs=[args.split, args.cache],
+        outputs=[args.figure],
     )
 
 

@@ -115,6 +115,9 @@ def cli(argv: list[str] | None = None) -> None:
             flips_csv=args.flips,
             tracker=tracker,
         ),
+        inputs=[args.metrics / f"{m}.json" for m in args.models]
+        + [args.reports / m / "predictions.csv" for m in args.models],
+        outputs=[args.out, args.flips],
     )
 
 

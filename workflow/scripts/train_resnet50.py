@@ -92,6 +92,8 @@ def cli(argv: list[str] | None = None) -> None:
             threads=args.threads,
             tracker=tracker,
         ),
+        inputs=[args.split, args.classes, args.cache],
+        outputs=[args.model, args.metrics],
     )
 
 

@@ -1,0 +1,181 @@
+"""The `pets` command: compare runs, keep Snakemake and DVC in step, make test data.
+
+`pets runs` prints the latest MLflow run of every stage with its key params and error rate;
+`pets sync snakemake` makes Snakemake accept outputs that DVC made or restored (`dvc repro`,
+`dvc checkout`, `dvc exp apply`) instead of retraining; `pets sync dvc` records outputs
+Snakemake made in dvc.lock; `pets fake-data` writes a Pets-like data set."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from pets.config import load_params
+from pets.errors import PetsError
+
+# The params worth a column in `pets runs`, per stage.
+KEY_PARAMS = {
+    "labels": ("labels.method", "labels.valid_pct", "seed"),
+    "cache": ("cache.size",),
+    "train_frozen": (
+        "train_frozen.arch",
+        "train_frozen.size",
+        "train_frozen.bs",
+        "train_frozen.epochs",
+        "train_frozen.lr",
+    ),
+    "lr_find": ("lr_find.num_it", "lr_find.bs"),
+    "finetune": ("finetune.epochs", "finetune.lr", "finetune.bs"),
+    "train_resnet50": (
+        "train_resnet50.arch",
+        "train_resnet50.size",
+        "train_resnet50.bs",
+        "train_resnet50.epochs",
+        "train_resnet50.lr",
+    ),
+    "get_preds": ("get_preds.bs",),
+    "interpret": ("interpret.k", "interpret.min_val"),
+}
+ERROR_METRICS = ("metrics.final_error_rate", "metrics.error_rate")
+
+
+def runs_table(project: Path, every: bool = False, limit: int = 50) -> pd.DataFrame:
+    """Stage runs from `mlflow.search_runs`: the latest per stage, or every run newest first."""
+    import mlflow
+
+    from pets.tracking import client_for, tracking_uri
+
+    client_for(project)  # quiets MLflow's logging
+    experiment = load_params(project / "params.yaml").tracking.experiment
+    # set_tracking_uri also sets $MLFLOW_TRACKING_URI, which child processes would inherit:
+    # put both back afterwards.
+    before, variable = mlflow.get_tracking_uri(), os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(tracking_uri(project))
+    try:
+        found = mlflow.search_runs(
+            experiment_names=[experiment],
+            filter_string="tags.`pets.kind` = 'stage'",
+            order_by=["attributes.start_time DESC"],
+            max_results=5000,
+        )
+    finally:
+        mlflow.set_tracking_uri(before)
+        if variable is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = variable
+    if found.empty:
+        return pd.DataFrame()
+    if not every:
+        found = found.drop_duplicates("tags.pets.stage", keep="first")
+    rows = []
+    for run in found.head(limit).to_dict("records"):
+        stage = run["tags.pets.stage"]
+        errors = [run.get(metric) for metric in ERROR_METRICS]
+        params = [
+            f"{key.split('.')[-1]}={run.get('params.' + key)}"
+            for key in KEY_PARAMS.get(stage, ())
+            if run.get("params." + key) is not None
+        ]
+        error = next((e for e in errors if e is not None and e == e), None)
+        rows.append(
+            {
+                "stage": stage,
+                "started": run["start_time"].strftime("%Y-%m-%d %H:%M"),
+                "status": run["status"],
+                "error_rate": "" if error is None else f"{error:.4f}",
+                "params": " ".join(params),
+                "run": run["run_id"][:8],
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _run(command: list[str], project: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(command, cwd=project, capture_output=True, text=True)
+
+
+def sync_snakemake(project: Path) -> None:
+    """After DVC made or restored every output: check `dvc status` is clean, then record in
+    Snakemake's metadata that each job is done, with the current params and inputs."""
+    status = _run(["dvc", "status", "--json"], project)
+    if status.returncode != 0:
+        raise PetsError(f"dvc status failed: {status.stderr.strip().splitlines()[-1:]}")
+    changed = sorted(json.loads(status.stdout or "{}"))
+    if changed:
+        raise PetsError(
+            f"dvc status shows changes in {', '.join(changed)}; run dvc repro (or "
+            "dvc checkout) first, then pets sync snakemake"
+        )
+    touched = _run(
+        ["snakemake", "--touch", "--forceall", "--cores", "1", "--quiet", "all"], project
+    )
+    if touched.returncode != 0:
+        raise PetsError(f"snakemake --touch failed: {touched.stderr.strip()[-500:]}")
+
+
+def sync_dvc(project: Path) -> None:
+    """After Snakemake made every output: check it has nothing left to do, then record the
+    outputs in dvc.lock (and DVC's cache) with `dvc commit`, so `dvc repro` reruns nothing."""
+    planned = _run(["snakemake", "-n", "--cores", "1"], project)
+    if planned.returncode != 0 or "Nothing to be done" not in planned.stdout + planned.stderr:
+        raise PetsError(
+            "snakemake still has jobs to run (see snakemake -n); run snakemake "
+            "first, then pets sync dvc"
+        )
+    committed = _run(["dvc", "commit", "--force", "--quiet"], project)
+    if committed.returncode != 0:
+        raise PetsError(f"dvc commit failed: {committed.stderr.strip()[-500:]}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`pets --help`."""
+    parser = argparse.ArgumentParser(
+        prog="pets", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--project", type=Path, default=Path("."), help="project folder")
+    commands = parser.add_subparsers(dest="command", required=True)
+    runs = commands.add_parser("runs", help="latest MLflow run of every stage")
+    runs.add_argument("--all", action="store_true", help="every stage run, newest first")
+    runs.add_argument("--limit", type=int, default=50, help="rows at most")
+    sync = commands.add_parser("sync", help="make one DAG tool accept the other's outputs")
+    sync.add_argument(
+        "tool",
+        choices=("snakemake", "dvc"),
+        help="snakemake: after dvc repro/checkout/exp apply; dvc: after snakemake",
+    )
+    fake = commands.add_parser("fake-data", help="write a Pets-like data set (and .tgz)")
+    fake.add_argument("root", type=Path)
+    fake.add_argument("--per-class", type=int, default=200)
+    fake.add_argument("--classes", type=int, default=37)
+    fake.add_argument("--seed", type=int, default=0)
+    fake.add_argument("--tgz", type=Path)
+    args = parser.parse_args(argv)
+    project = args.project.resolve()
+    try:
+        if args.command == "runs":
+            table = runs_table(project, args.all, args.limit)
+            print(table.to_string(index=False) if len(table) else "no stage runs tracked yet")
+        elif args.command == "sync":
+            (sync_snakemake if args.tool == "snakemake" else sync_dvc)(project)
+            print(f"{args.tool} now takes the outputs in {project} as up to date")
+        else:
+            from pets.synthetic import make_pets, pack
+
+            pairs = make_pets(args.root, args.per_class, args.classes, args.seed)
+            print(f"{args.root}: {len(pairs)} photos")
+            if args.tgz:
+                print(pack(args.root, args.tgz))
+    except PetsError as exc:
+        print(f"pets {args.command}: error: {exc}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
