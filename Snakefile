@@ -85,7 +85,7 @@ rule labels:
         "logs/labels.log",
     conda:
         "envs/pets.yaml"
-    threads: 4
+    threads: 16
     params:
         stage_params(PARAMS, "labels"),
     shell:
@@ -105,7 +105,7 @@ rule cache:
         "logs/cache.log",
     conda:
         "envs/pets.yaml"
-    threads: 4
+    threads: 16
     params:
         stage_params(PARAMS, "cache"),
     shell:

@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results"
+RESULTS = Path(os.environ.get("PETS_BENCH_RESULTS", REPO / "benchmarks" / "results"))
 # Settings that make the DAG quick on a CPU while exercising every stage.
 QUICK = {
     "tracking": {"enabled": False},
@@ -28,6 +28,19 @@ QUICK = {
     "finetune": {"bs": 16, "epochs": 1},
     "train_resnet50": {"weights": "none", "size": 64, "bs": 16, "epochs": 1},
     "get_preds": {"bs": 32},
+}
+
+
+# For --quick runs on a handful of photos (CI).
+TINY = {
+    "cache": {"size": 64},
+    "preview": {"size": 48},
+    "train_frozen": {"size": 48, "bs": 4},
+    "lr_find": {"bs": 4, "num_it": 12},
+    "finetune": {"bs": 4},
+    "train_resnet50": {"size": 48, "bs": 4},
+    "get_preds": {"bs": 4},
+    "interpret": {"k": 4, "bootstrap": 200},
 }
 
 

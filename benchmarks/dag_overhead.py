@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 import yaml
-from common import QUICK, copy_project, merge, report, run, timed  # benchmarks/common.py
+from common import QUICK, TINY, copy_project, merge, report, run, timed  # benchmarks/common.py
 
 from pets.synthetic import make_pets, pack
 
@@ -29,15 +29,20 @@ def main() -> None:
     )
     parser.add_argument("--per-class", type=int, default=10, help="photos per breed (37 breeds)")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="4 breeds x 6 photos, 1 repeat (CI)")
     args = parser.parse_args()
+    classes = 37
+    if args.quick:
+        classes, args.per_class, args.repeats = 4, 6, 1
     with tempfile.TemporaryDirectory(prefix="pets-bench-") as tmp:
         root = Path(tmp)
-        make_pets(root / "oxford-iiit-pet", args.per_class, classes=37, seed=0)
+        make_pets(root / "oxford-iiit-pet", args.per_class, classes=classes, seed=0)
         archive = pack(root / "oxford-iiit-pet", root / "oxford-iiit-pet.tgz")
+        settings = merge(QUICK, TINY) if args.quick else QUICK
         project = copy_project(
-            root / "project", merge(QUICK, {"data": {"url": str(archive), "md5": None}})
+            root / "project", merge(settings, {"data": {"url": str(archive), "md5": None}})
         )
-        print(f"running the whole DAG once on {37 * args.per_class} photos ...", flush=True)
+        print(f"running the whole DAG once on {classes * args.per_class} photos ...", flush=True)
         first = timed(lambda: run(["snakemake", "--cores", "4"], project), 1)
         run(["pets", "sync", "dvc"], project)
         snake = timed(lambda: run(["snakemake", "--cores", "4"], project), args.repeats)

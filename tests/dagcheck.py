@@ -10,6 +10,8 @@ from pathlib import Path
 from tests.helpers import run_tool
 
 LOG_REDIRECT = re.compile(r"\s*2>&1 \| tee \S+$")
+# Snakemake passes the threads it reserved, DVC `--threads 0` (every core): the same command.
+THREADS = re.compile(r"--threads \d+")
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,7 @@ def snakemake_stages(project: Path) -> dict[str, StageSpec]:
             name += "@" + "@".join(v.split("=", 1)[1] for v in fields["wildcards"].split(", "))
         specs[name] = StageSpec(
             rule.group(1),
-            LOG_REDIRECT.sub("", command.group(1)) if command else "",
+            THREADS.sub("--threads N", LOG_REDIRECT.sub("", command.group(1))) if command else "",
             frozenset(fields.get("input", "").split(", ")) - {""},
             frozenset(fields.get("output", "").split(", ")) - {""},
         )
@@ -68,7 +70,7 @@ def dvc_stages(project: Path) -> dict[str, StageSpec]:
             outs = {out.def_path for out in stage.outs}
             specs[stage.name] = StageSpec(
                 stage.name.split("@")[0],
-                " ".join(stage.cmd.split()),
+                THREADS.sub("--threads N", " ".join(stage.cmd.split())),
                 frozenset(deps),
                 frozenset(outs),
             )

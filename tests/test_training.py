@@ -238,3 +238,15 @@ def test_cuda_without_a_gpu_is_one_line(photos, tmp_path: Path) -> None:
         "sees no CUDA GPU; use auto or cpu"
     )
     assert not (tmp_path / "m.pth").exists()
+
+
+def test_compile_runs_the_model_through_torch_compile(photos, tmp_path: Path, monkeypatch) -> None:
+    calls = []
+
+    def fake_compile(model, mode=None):
+        calls.append(mode)
+        return model  # compiling for real takes minutes on this CPU: the GPU check does it
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    _train(photos, tmp_path, weights="none", arch="resnet18", epochs=1, compile=True)
+    assert calls == [None]  # inductor on a CPU; CUDA graphs ("reduce-overhead") on a GPU

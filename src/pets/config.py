@@ -194,6 +194,7 @@ class TrainParams(Section):
     epochs: int = Field(4, ge=1, le=1000, description="fit_one_cycle(epochs)")
     lr: LearningRate = Field([3.0e-3], description=LR_HELP)
     wd: float = Field(0.01, ge=0, le=1, description="decoupled weight decay (not on norms, biases)")
+    compile: bool = Field(False, description="torch.compile (CUDA graphs): pays on long runs")
 
     _arch = field_validator("arch")(classmethod(lambda cls, v: _check_arch(v)))
     _lr = field_validator("lr")(classmethod(lambda cls, v: _check_lr(v)))
@@ -238,6 +239,7 @@ class FinetuneParams(Section):
         [1.0e-6, 1.0e-4], description=f"{LR_HELP}; auto: [valley/100, valley] from lr_find"
     )
     wd: float = Field(0.01, ge=0, le=1, description="decoupled weight decay (not on norms, biases)")
+    compile: bool = Field(False, description="torch.compile (CUDA graphs): pays on long runs")
 
     @field_validator("lr")
     @classmethod
@@ -271,6 +273,9 @@ class Params(Section):
 
     seed: int = Field(2, ge=0, description="seeds the split, shuffling, augmentation and init")
     device: Literal["auto", "cuda", "cpu"] = Field("auto", description="auto = cuda if present")
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        "auto", description="auto = bf16 autocast on GPUs that have it, fp32 on the CPU"
+    )
     tracking: TrackingParams = TrackingParams()
     data: DataParams = DataParams()
     labels: LabelsParams = LabelsParams()
@@ -293,11 +298,11 @@ STAGE_PARAMS: dict[str, tuple[str, ...]] = {
     "labels": ("labels", "seed"),
     "cache": ("cache",),
     "preview": ("preview", "augment", "seed"),
-    "train_frozen": ("train_frozen", "augment", "seed", "device"),
-    "lr_find": ("lr_find", "augment", "seed", "device"),
-    "finetune": ("finetune", "augment", "seed", "device"),
-    "train_resnet50": ("train_resnet50", "augment", "seed", "device"),
-    "get_preds": ("get_preds", "device"),
+    "train_frozen": ("train_frozen", "augment", "seed", "device", "precision"),
+    "lr_find": ("lr_find", "augment", "seed", "device", "precision"),
+    "finetune": ("finetune", "augment", "seed", "device", "precision"),
+    "train_resnet50": ("train_resnet50", "augment", "seed", "device", "precision"),
+    "get_preds": ("get_preds", "device", "precision"),
     "interpret": ("interpret", "seed"),
     "report": ("report",),
 }

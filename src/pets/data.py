@@ -123,6 +123,7 @@ class Loader:
         self.augmentation = torch.Generator().manual_seed(seed + AUGMENT_STREAM)
         self.targets = torch.tensor(subset.targets)
         self._pool = ThreadPoolExecutor(max_workers=1) if resident is None else None
+        self._on_device: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def __len__(self) -> int:
         count = len(self.subset)
@@ -146,42 +147,63 @@ class Loader:
         )
         return [order[i : i + self.bs] for i in range(0, len(self) * self.bs, self.bs)][: len(self)]
 
-    def _read(self, positions: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def _read(self, positions: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A batch read from the cache into (pinned, on CUDA) host memory and sent to the
+        device without waiting: runs in the prefetch thread while the model trains."""
         rows = self.subset.rows[positions]
         pinned = self.device.type == "cuda"
         out = torch.empty(
             (len(rows), self.cache.size, self.cache.size, 3), dtype=torch.uint8, pin_memory=pinned
         )
         canvases = self.cache.read(rows, out)
-        sizes = self.cache.sizes(rows)
-        return (
-            canvases.to(self.device, non_blocking=True),
-            sizes.to(self.device, non_blocking=True),
-        )
+        sizes, targets = self.cache.sizes(rows), self.targets[positions]
+        if pinned:
+            sizes, targets = sizes.pin_memory(), targets.pin_memory()
+        return tuple(t.to(self.device, non_blocking=True) for t in (canvases, sizes, targets))
+
+    def _batches(self) -> Iterator[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """(batch size, canvases, sizes, targets) on the device, for one epoch."""
+        batches = self._order()
+        if self.resident is not None:
+            # One copy of the epoch's order; every batch is then gathered on the device.
+            if self._on_device is None:
+                self._on_device = (
+                    torch.from_numpy(self.subset.rows).to(self.device),
+                    self.targets.to(self.device),
+                )
+            rows, targets = self._on_device
+            order = torch.from_numpy(np.concatenate(batches) if batches else np.zeros(0, int))
+            order = order.to(self.device)
+            start = 0
+            for positions in batches:
+                index = order[start : start + len(positions)]
+                start += len(positions)
+                picked = rows[index]
+                yield (
+                    len(positions),
+                    self.resident.canvases[picked],
+                    self.resident.sizes[picked],
+                    targets[index],
+                )
+            return
+        pending: Future | None = self._pool.submit(self._read, batches[0]) if batches else None
+        for step, positions in enumerate(batches):
+            canvases, sizes, targets = pending.result()
+            if step + 1 < len(batches):
+                pending = self._pool.submit(self._read, batches[step + 1])
+            yield len(positions), canvases, sizes, targets
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        batches = self._order()
-        pending: Future | None = None
-        if self._pool is not None and batches:
-            pending = self._pool.submit(self._read, batches[0])
-        for step, positions in enumerate(batches):
-            if self.resident is not None:
-                rows = torch.from_numpy(self.subset.rows[positions]).to(self.device)
-                canvases, sizes = self.resident.canvases[rows], self.resident.sizes[rows]
-            else:
-                canvases, sizes = pending.result()
-                if step + 1 < len(batches):
-                    pending = self._pool.submit(self._read, batches[step + 1])
+        pad_mode = self.augment_params.pad_mode if self.augment_params else "reflection"
+        for count, canvases, sizes, targets in self._batches():
             params = (
-                draw(self.augment_params, len(positions), self.augmentation)
+                draw(self.augment_params, count, self.augmentation)
                 if self.train
-                else centre_draw(len(positions))
+                else centre_draw(count)
             )
-            pad_mode = self.augment_params.pad_mode if self.augment_params else "reflection"
             images = normalize(
                 augment(canvases, sizes, self.size, params, pad_mode), self.mean, self.std
             )
             if self.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
-            targets = self.targets[positions].to(self.device, non_blocking=True)
             yield images, targets

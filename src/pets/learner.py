@@ -1,4 +1,4 @@
-"""The lesson's `Learner`: data, model and device put together for one training stage, and the
+"""The lesson's `Learner`: data, model and compute put together for one training stage, and the
 files a training stage writes (checkpoint, metrics, epoch history)."""
 
 from __future__ import annotations
@@ -19,11 +19,12 @@ from pets.files import write_csv, write_json
 from pets.model import create_body, create_cnn, freeze, unfreeze
 from pets.tracking import Tracker
 from pets.train import (
+    Compute,
     EpochRow,
     fit_guarded,
     fit_one_cycle,
     load_checkpoint,
-    pick_device,
+    pick_compute,
     save_checkpoint,
     spread_lr,
 )
@@ -39,7 +40,7 @@ class Learner:
     info: dict[str, Any]  # arch, weights, classes, size, mean, std, split, head: the checkpoint's
     train: Loader | None  # None when loaded for inference only
     valid: Loader
-    device: torch.device
+    compute: Compute  # the device, and bf16 autocast or not
 
     @property
     def split(self) -> str:
@@ -54,8 +55,10 @@ class Learner:
         key: str,
         tracker: Tracker,
         step_offset: int = 0,
+        compile_model: bool = False,
     ) -> list[EpochRow]:
-        """Train with the one-cycle policy, logging each epoch's row to the tracker."""
+        """Train with the one-cycle policy, logging each epoch's row to the tracker
+        (`compile_model`: through torch.compile)."""
 
         def log(row: EpochRow) -> None:
             tracker.log_metrics(
@@ -83,8 +86,9 @@ class Learner:
                 epochs,
                 lr,
                 wd,
-                self.device,
+                self.compute,
                 on_epoch=log,
+                compile_model=compile_model,
             ),
             key,
             self.train.bs,
@@ -120,7 +124,7 @@ def _loaders(
         "std": std,
         "seed": params.seed,
         "resident": resident,
-        "channels_last": device.type == "cuda",
+        "channels_last": True,
     }
     train_loader = (
         Loader(cache, train, bs=bs, augment_params=params.augment, **common) if train_too else None
@@ -130,10 +134,10 @@ def _loaders(
 
 
 def _prepare(model: nn.Module, device: torch.device) -> nn.Module:
-    model = model.to(device)
+    # channels_last: oneDNN's and cuDNN's fastest layout (1.4x for resnet34 on this CPU).
+    model = model.to(device, memory_format=torch.channels_last)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input sizes: pick the fastest kernels
-        model = model.to(memory_format=torch.channels_last)
     return model
 
 
@@ -151,7 +155,8 @@ def create_learner(
 ) -> Learner:
     """A new model from pretrained weights (the lesson's `create_cnn`), body frozen unless
     `weights` is none."""
-    device = pick_device(params.device)
+    compute = pick_compute(params.device, params.precision)
+    device = compute.device
     torch.manual_seed(params.seed)  # untrained bodies, the head's initial weights, dropout masks
     body = create_body(arch, weights, f"{key}.weights")
     train, valid, class_names = _loaders(
@@ -172,7 +177,7 @@ def create_learner(
         "head": {"features": body.features, "hidden": HIDDEN, "dropout": list(DROPOUT)},
         "frozen": frozen,
     }
-    return Learner(_prepare(model, device), info, train, valid, device)
+    return Learner(_prepare(model, device), info, train, valid, compute)
 
 
 def rebuild_model(info: dict[str, Any], state: dict[str, torch.Tensor], key: str) -> nn.Sequential:
@@ -206,7 +211,8 @@ def load_learner(
     saved = load_checkpoint(checkpoint, key)
     # What the model is; the learning rates of earlier fits are not carried into this one.
     info = {k: v for k, v in saved.items() if k not in ("model", "format", "lr")}
-    device = pick_device(params.device)
+    compute = pick_compute(params.device, params.precision)
+    device = compute.device
     train_loader, valid, class_names = _loaders(
         params,
         key,
@@ -227,7 +233,7 @@ def load_learner(
         )
     torch.manual_seed(params.seed)
     model = rebuild_model(info, saved["model"], key)
-    return Learner(_prepare(model, device), info, train_loader, valid, device)
+    return Learner(_prepare(model, device), info, train_loader, valid, compute)
 
 
 def unfreeze_learner(learner: Learner) -> None:

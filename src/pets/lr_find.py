@@ -11,12 +11,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 import torch.nn.functional as F
 from torch import nn
 
 from pets.errors import PetsError
-from pets.train import SmoothedLoss, adamw, autocast, param_groups
+from pets.train import Compute, SmoothedLoss, adamw, param_groups
 
 SUGGESTIONS = ("valley", "minimum", "steep", "slide")
 
@@ -25,7 +24,7 @@ def sweep(
     model: nn.Sequential,
     split: str,
     loader: Any,
-    device: torch.device,
+    compute: Compute,
     *,
     start_lr: float,
     end_lr: float,
@@ -36,7 +35,8 @@ def sweep(
     """Train for up to `num_it` batches with lr = start * (end/start)^(i/num_it) on every layer
     group; returns lr, loss and smoothed loss per batch. The caller's model is changed: reload
     it afterwards if it is used again (fastai restores it for you)."""
-    optimizer = adamw(param_groups(model, split, [start_lr] * 3, wd))
+    cuda = compute.device.type == "cuda"
+    optimizer = adamw(param_groups(model, split, [start_lr] * 3, wd), fused=cuda)
     smoothed, best = SmoothedLoss(), math.inf
     rows = []
     model.train()
@@ -45,7 +45,7 @@ def sweep(
             lr = start_lr * (end_lr / start_lr) ** (len(rows) / num_it)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            with autocast(device):
+            with compute.autocast():
                 loss = F.cross_entropy(model(images), targets)
             loss.backward()
             optimizer.step()

@@ -4,8 +4,10 @@ codes, and its MLflow run."""
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
@@ -29,6 +31,13 @@ def stage_parser(doc: str | None) -> argparse.ArgumentParser:
     return parser
 
 
+def worker_threads(requested: int) -> int:
+    """`--threads`: the number given, or with 0 every core this process may use."""
+    if requested > 0:
+        return requested
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def _terminate(signum: int, frame: FrameType | None) -> None:
     # Snakemake and DVC stop jobs with SIGTERM: unwind like Ctrl-C so the run is marked KILLED
     # and temporary files are removed.
@@ -49,8 +58,10 @@ def run_stage(
     try:
         params = load_params(params_path)
         project = params_path.resolve().parent
+        start = time.perf_counter()
         with stage_run(stage, params, project, inputs, outputs) as tracker:
             body(params, tracker)
+        print(f"{stage}: done in {time.perf_counter() - start:.1f} s", file=sys.stderr)
     except PetsError as exc:
         print(f"{stage}: error: {exc}", file=sys.stderr)
         sys.exit(1)

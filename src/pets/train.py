@@ -2,8 +2,8 @@
 
 The schedule is `torch.optim.lr_scheduler.OneCycleLR` in fastai's shape (warm-up over 25% of the
 steps from lr/25, cosine down to lr/1e5, beta1 0.95 -> 0.85 -> 0.95), stepped every batch, on
-AdamW (betas 0.9/0.99, eps 1e-5, decoupled weight decay, none on norms and biases). On CUDA the
-forward pass runs in bf16 autocast on channels_last tensors."""
+AdamW (betas 0.9/0.99, eps 1e-5, decoupled weight decay, none on norms and biases). Tensors are
+channels_last everywhere; on CUDA the forward pass runs in bf16 autocast (`precision`)."""
 
 from __future__ import annotations
 
@@ -91,9 +91,9 @@ def one_cycle(
     )
 
 
-def adamw(groups: list[dict]) -> torch.optim.AdamW:
-    """fastai's Adam settings with decoupled weight decay."""
-    return torch.optim.AdamW(groups, betas=(0.9, 0.99), eps=1e-5)
+def adamw(groups: list[dict], fused: bool = False) -> torch.optim.AdamW:
+    """fastai's Adam settings with decoupled weight decay (`fused`: one kernel per step, CUDA)."""
+    return torch.optim.AdamW(groups, betas=(0.9, 0.99), eps=1e-5, fused=fused or None)
 
 
 @dataclass
@@ -110,11 +110,29 @@ class SmoothedLoss:
         return self.value / (1 - SMOOTHING**self.count)
 
 
-def autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA; full precision elsewhere (reproducible to the last digit)."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+@dataclass(frozen=True)
+class Compute:
+    """Where and how a stage computes: its device, and bf16 autocast or full precision."""
+
+    device: torch.device
+    bf16: bool
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The forward pass's precision context."""
+        if self.bf16:
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+
+def pick_compute(device: str, precision: str) -> Compute:
+    """`precision: auto` is bf16 on GPUs that support it and fp32 on the CPU (where fp32 is
+    reproducible to the last digit; bf16 there is faster only on CPUs with bf16 units)."""
+    chosen = pick_device(device)
+    if precision == "auto":
+        bf16 = chosen.type == "cuda" and torch.cuda.is_bf16_supported()
+    else:
+        bf16 = precision == "bf16"
+    return Compute(chosen, bf16)
 
 
 def _progress(total: int, description: str) -> tqdm:
@@ -136,7 +154,7 @@ def train_one_epoch(
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
     smoothed: SmoothedLoss,
-    device: torch.device,
+    compute: Compute,
     description: str = "train",
 ) -> float:
     """One pass over the training loader, stepping the schedule every batch; returns the
@@ -146,7 +164,9 @@ def train_one_epoch(
     losses = []
     with _progress(len(loader), description) as bar:
         for images, targets in loader:
-            with autocast(device):
+            # A new step for compiled CUDA graphs (their outputs are reused by the next replay).
+            torch.compiler.cudagraph_mark_step_begin()
+            with compute.autocast():
                 loss = F.cross_entropy(model(images), targets)
             loss.backward()
             optimizer.step()
@@ -163,25 +183,35 @@ def train_one_epoch(
 
 
 @torch.inference_mode()
-def predict(model: nn.Module, loader: Any, device: torch.device) -> torch.Tensor:
+def predict(model: nn.Module, loader: Any, compute: Compute) -> torch.Tensor:
     """Logits (float32, on the CPU) for every photo of `loader`, in its order."""
     model.eval()
     outputs = []
     with _progress(len(loader), "valid") as bar:
         for images, _ in loader:
-            with autocast(device):
-                outputs.append(model(images).float())
+            torch.compiler.cudagraph_mark_step_begin()
+            with compute.autocast():
+                # A copy: a compiled model's output buffer is overwritten by its next call.
+                outputs.append(model(images).float().clone())
             bar.update()
     return torch.cat(outputs).cpu() if outputs else torch.zeros(0)
 
 
-def evaluate(model: nn.Module, loader: Any, device: torch.device) -> tuple[float, float]:
+def evaluate(model: nn.Module, loader: Any, compute: Compute) -> tuple[float, float]:
     """(valid_loss, error_rate) over the validation loader."""
-    logits = predict(model, loader, device)
+    logits = predict(model, loader, compute)
     targets = loader.targets
     loss = F.cross_entropy(logits, targets).item()
     error = (logits.argmax(dim=1) != targets).double().mean().item()
     return loss, error
+
+
+def compiled(model: nn.Module, compute: Compute) -> nn.Module:
+    """`torch.compile`d model sharing `model`'s parameters: CUDA graphs ("reduce-overhead") on a
+    GPU, inductor's C++ kernels on the CPU. It pays only past a break-even number of images
+    (benchmarks/input_pipeline.py --compile measures it)."""
+    mode = "reduce-overhead" if compute.device.type == "cuda" else None
+    return torch.compile(model, mode=mode)
 
 
 @dataclass
@@ -223,16 +253,18 @@ def fit_one_cycle(
     epochs: int,
     lr: float | list[float],
     wd: float,
-    device: torch.device,
+    compute: Compute,
     on_epoch: Callable[[EpochRow], None] | None = None,
+    compile_model: bool = False,
     resume: Callable[[dict], FitState] | None = None,
     checkpoint: Callable[[dict], None] | None = None,
 ) -> list[EpochRow]:
     """The lesson's `fit_one_cycle(epochs, lr)`: prints the epoch table as it goes and returns
-    it. `checkpoint` receives the full training state after each epoch; `resume` may return a
-    state to continue from (after loading it into the model, optimizer and scheduler)."""
+    it; `compile_model` runs the model through `torch.compile`. `checkpoint` receives the full
+    training state after each epoch; `resume` may return a state to continue from (after
+    loading it into the model, optimizer and scheduler)."""
     lrs = spread_lr(lr)
-    optimizer = adamw(param_groups(model, split, lrs, wd))
+    optimizer = adamw(param_groups(model, split, lrs, wd), fused=compute.device.type == "cuda")
     scheduler = one_cycle(optimizer, epochs * len(train_loader))
     parts = {
         "model": model,
@@ -241,15 +273,16 @@ def fit_one_cycle(
         "train_loader": train_loader,
     }
     state = resume(parts) if resume else FitState()
+    runner = compiled(model, compute) if compile_model else model
     print(HEADER, flush=True)
     for row in state.history:
         print(row.line(), "(resumed)", flush=True)
     for epoch in range(state.epoch, epochs):
         start = time.perf_counter()
         train_loss = train_one_epoch(
-            model, train_loader, optimizer, scheduler, state.smoothed, device, f"epoch {epoch}"
+            runner, train_loader, optimizer, scheduler, state.smoothed, compute, f"epoch {epoch}"
         )
-        valid_loss, error_rate = evaluate(model, valid_loader, device)
+        valid_loss, error_rate = evaluate(runner, valid_loader, compute)
         row = EpochRow(epoch, train_loss, valid_loss, error_rate, time.perf_counter() - start)
         state.history.append(row)
         state.epoch = epoch + 1

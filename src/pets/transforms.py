@@ -7,6 +7,7 @@ per batch from the pixel cache's canvases."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -35,6 +36,25 @@ class Draw:
     warp_y: torch.Tensor
     brightness: torch.Tensor  # added in logit space: logit(b), b around 0.5
     contrast: torch.Tensor  # multiplies in logit space
+
+    def to(self, device: torch.device) -> Draw:
+        """Every field on `device` in one copy (pinned and non-blocking on CUDA): a copy per
+        field would make the host wait for the GPU at every batch."""
+        values = [getattr(self, field.name) for field in dataclasses.fields(self)]
+        if values[0].device == device:
+            return self
+        packed = torch.stack([value.float() for value in values], dim=1)
+        if device.type == "cuda":
+            packed = packed.pin_memory()
+        moved = packed.to(device, non_blocking=True)
+        columns = [moved[:, index] for index in range(len(values))]
+        columns[2] = columns[2].long()  # dihedral
+        return Draw(*columns)
+
+    def lit(self) -> bool:
+        """Whether any photo gets a lighting change (decide before moving to a GPU: asking the
+        device would wait for it)."""
+        return bool((self.brightness != 0).any() or (self.contrast != 1).any())
 
 
 def centre_draw(batch: int) -> Draw:
@@ -81,19 +101,21 @@ def draw(aug: AugmentParams, batch: int, generator: torch.Generator) -> Draw:
 def _warp_homographies(warp_x: torch.Tensor, warp_y: torch.Tensor) -> torch.Tensor:
     """(batch, 3, 3) perspective maps taking the output square's corners to corners tilted by
     the warp magnitudes (fastai's symmetric warp), solved from four point pairs."""
-    corners = torch.tensor([[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]])
+    device, batch = warp_x.device, warp_x.shape[0]
+    corners = torch.tensor([[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]], device=device)
     x, y = corners[:, 0], corners[:, 1]
     u = x[None] * (1 + warp_y[:, None] * y[None])
     v = y[None] * (1 + warp_x[:, None] * x[None])
-    batch = warp_x.shape[0]
-    one, zero = torch.ones(batch, 4), torch.zeros(batch, 4)
+    one = torch.ones(batch, 4, device=device)
+    zero = torch.zeros(batch, 4, device=device)
     xs, ys = x.expand(batch, 4), y.expand(batch, 4)
     rows_u = torch.stack([xs, ys, one, zero, zero, zero, -u * xs, -u * ys], dim=-1)
     rows_v = torch.stack([zero, zero, zero, xs, ys, one, -v * xs, -v * ys], dim=-1)
     system = torch.cat([rows_u, rows_v], dim=1).double()
     target = torch.cat([u, v], dim=1).double()
-    solution = torch.linalg.solve(system, target).float()
-    return torch.cat([solution, torch.ones(batch, 1)], dim=1).view(batch, 3, 3)
+    # solve_ex: no singularity check, which on a GPU would wait for the result.
+    solution = torch.linalg.solve_ex(system, target)[0].float()
+    return torch.cat([solution, one[:, :1]], dim=1).view(batch, 3, 3)
 
 
 def _reflect(coord: torch.Tensor, length: torch.Tensor, mode: str) -> torch.Tensor:
@@ -114,24 +136,25 @@ def sampling_grid(
     steps = (torch.arange(out, device=device, dtype=torch.float32) * 2 + 1) / out - 1
     gy, gx = torch.meshgrid(steps, steps, indexing="ij")
     points = torch.stack([gx, gy, torch.ones_like(gx)], dim=-1).view(1, -1, 3)
-    homography = _warp_homographies(params.warp_x, params.warp_y).to(device)
+    params = params.to(device)
+    homography = _warp_homographies(params.warp_x, params.warp_y)
     warped = points @ homography.transpose(1, 2)
     x = warped[..., 0] / warped[..., 2]
     y = warped[..., 1] / warped[..., 2]
-    dihedral = params.dihedral.to(device)[:, None]
+    dihedral = params.dihedral[:, None]
     x = torch.where(dihedral % 2 == 1, -x, x)
     y = torch.where((dihedral // 2) % 2 == 1, -y, y)
     x, y = torch.where(dihedral >= 4, y, x), torch.where(dihedral >= 4, x, y)
-    angle = params.angle.to(device)[:, None]
+    angle = params.angle[:, None]
     cos, sin = torch.cos(angle), torch.sin(angle)
     x, y = cos * x - sin * y, sin * x + cos * y
-    zoom = params.zoom.to(device)[:, None]
-    x = x / zoom + (1 - 1 / zoom) * params.zoom_x.to(device)[:, None]
-    y = y / zoom + (1 - 1 / zoom) * params.zoom_y.to(device)[:, None]
+    zoom = params.zoom[:, None]
+    x = x / zoom + (1 - 1 / zoom) * params.zoom_x[:, None]
+    y = y / zoom + (1 - 1 / zoom) * params.zoom_y[:, None]
     height, width = sizes[:, 0:1], sizes[:, 1:2]
     side = torch.minimum(height, width)
-    centre_x = side / 2 + params.crop_x.to(device)[:, None] * (width - side)
-    centre_y = side / 2 + params.crop_y.to(device)[:, None] * (height - side)
+    centre_x = side / 2 + params.crop_x[:, None] * (width - side)
+    centre_y = side / 2 + params.crop_y[:, None] * (height - side)
     px, py = centre_x + x * side / 2, centre_y + y * side / 2
     inside = (px >= 0) & (px <= width) & (py >= 0) & (py <= height)
     px, py = _reflect(px, width, pad_mode), _reflect(py, height, pad_mode)
@@ -148,6 +171,8 @@ def augment(
 ) -> torch.Tensor:
     """Crop, transform and resize a batch of uint8 canvases (batch, S, S, 3) to float images
     (batch, 3, out, out) in [0, 1], lighting included."""
+    lit = params.lit()  # on the draw's own (CPU) copy
+    params = params.to(canvases.device)
     pixels = canvases.permute(0, 3, 1, 2).float()
     grid, inside = sampling_grid(sizes, canvases.shape[1], out, params, pad_mode)
     images = (
@@ -156,10 +181,9 @@ def augment(
     )
     if pad_mode == "zeros":
         images = images * inside
-    # Decided on the CPU copy of the draw: asking the device would wait for the GPU.
-    if bool((params.brightness != 0).any() or (params.contrast != 1).any()):
-        brightness = params.brightness.to(images.device).view(-1, 1, 1, 1)
-        contrast = params.contrast.to(images.device).view(-1, 1, 1, 1)
+    if lit:
+        brightness = params.brightness.view(-1, 1, 1, 1)
+        contrast = params.contrast.view(-1, 1, 1, 1)
         logits = torch.logit(images.clamp(_EPS, 1 - _EPS))
         images = torch.sigmoid((logits + brightness) * contrast)
     return images

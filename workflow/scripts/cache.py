@@ -18,7 +18,7 @@ from pathlib import Path
 from pets.cache import build_cache
 from pets.config import Params
 from pets.labels import read_split
-from pets.stage import run_stage, stage_parser
+from pets.stage import run_stage, stage_parser, worker_threads
 from pets.tracking import Tracker
 
 
@@ -52,7 +52,9 @@ def cli(argv: list[str] | None = None) -> None:
     parser.add_argument("--dataset", type=Path, default=Path("data/dataset"))
     parser.add_argument("--split", type=Path, default=Path("data/split.csv"))
     parser.add_argument("--cache", type=Path, default=Path("data/cache"))
-    parser.add_argument("--threads", type=int, default=1, help="photos decoded in parallel")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="photos decoded in parallel; 0: every core"
+    )
     args = parser.parse_args(argv)
     run_stage(
         "cache",
@@ -62,7 +64,7 @@ def cli(argv: list[str] | None = None) -> None:
             dataset=args.dataset,
             split=args.split,
             cache=args.cache,
-            threads=args.threads,
+            threads=worker_threads(args.threads),
             tracker=tracker,
         ),
         inputs=[args.dataset, args.split],

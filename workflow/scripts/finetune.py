@@ -60,7 +60,9 @@ def main(
             params, "finetune", checkpoint, bs=cfg.bs, split=split, classes=classes, cache=cache
         )
         unfreeze_learner(learner)
-        rows = learner.fit_one_cycle(cfg.epochs, lr, cfg.wd, "finetune", tracker)
+        rows = learner.fit_one_cycle(
+            cfg.epochs, lr, cfg.wd, "finetune", tracker, compile_model=cfg.compile
+        )
     write_outputs(
         learner,
         rows,

@@ -50,7 +50,7 @@ def main(
             cache=cache,
             train=False,
         )
-        log_probs = F.log_softmax(predict(learner.model, learner.valid, learner.device), dim=1)
+        log_probs = F.log_softmax(predict(learner.model, learner.valid, learner.compute), dim=1)
     valid = learner.valid.subset
     table = predictions_table(
         valid.paths, valid.targets, log_probs.numpy(), learner.info["classes"]

@@ -18,7 +18,7 @@ from pathlib import Path
 from pets.config import Params
 from pets.files import write_csv, write_json
 from pets.labels import label_dataset
-from pets.stage import run_stage, stage_parser
+from pets.stage import run_stage, stage_parser, worker_threads
 from pets.tracking import Tracker
 
 
@@ -71,7 +71,9 @@ def cli(argv: list[str] | None = None) -> None:
     parser.add_argument("--split", type=Path, default=Path("data/split.csv"))
     parser.add_argument("--classes", type=Path, default=Path("data/classes.json"))
     parser.add_argument("--quality", type=Path, default=Path("reports/data_quality.json"))
-    parser.add_argument("--threads", type=int, default=1, help="photos checked in parallel")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="photos checked in parallel; 0: every core"
+    )
     args = parser.parse_args(argv)
     run_stage(
         "labels",
@@ -82,7 +84,7 @@ def cli(argv: list[str] | None = None) -> None:
             split=args.split,
             classes=args.classes,
             quality=args.quality,
-            threads=args.threads,
+            threads=worker_threads(args.threads),
             tracker=tracker,
         ),
         inputs=[args.dataset],

@@ -51,7 +51,7 @@ def main(
             learner.model,
             learner.split,
             learner.train,
-            learner.device,
+            learner.compute,
             start_lr=cfg.start_lr,
             end_lr=cfg.end_lr,
             num_it=cfg.num_it,

@@ -52,7 +52,9 @@ def main(
             classes=classes,
             cache=cache,
         )
-        rows = learner.fit_one_cycle(cfg.epochs, cfg.lr, cfg.wd, "train_frozen", tracker)
+        rows = learner.fit_one_cycle(
+            cfg.epochs, cfg.lr, cfg.wd, "train_frozen", tracker, compile_model=cfg.compile
+        )
     write_outputs(
         learner,
         rows,

@@ -50,7 +50,9 @@ def main(
             classes=classes,
             cache=cache,
         )
-        rows = learner.fit_one_cycle(cfg.epochs, cfg.lr, cfg.wd, "train_resnet50", tracker)
+        rows = learner.fit_one_cycle(
+            cfg.epochs, cfg.lr, cfg.wd, "train_resnet50", tracker, compile_model=cfg.compile
+        )
         if cfg.unfreeze_epochs:
             unfreeze_learner(learner)
             more = learner.fit_one_cycle(
@@ -60,6 +62,7 @@ def main(
                 "train_resnet50",
                 tracker,
                 step_offset=len(rows),
+                compile_model=cfg.compile,
             )
             rows += [dataclasses.replace(row, epoch=row.epoch + len(rows)) for row in more]
     write_outputs(
