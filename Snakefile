@@ -3,11 +3,17 @@ every setting; each rule runs one workflow/scripts/<stage>.py, the same command 
 """
 
 import os
+import platform
 import sys
 
 from pets.config import load_params, stage_params
 from pets.errors import PetsError
-from pets.tracking import PIPELINE_ENV, new_pipeline_key
+from pets.tracking import (
+    PIPELINE_ENV,
+    PIPELINE_HOST_ENV,
+    PIPELINE_PID_ENV,
+    new_pipeline_key,
+)
 
 if config:
     sys.exit(
@@ -20,6 +26,8 @@ except PetsError as error:
     sys.exit(f"error: {error}")
 # One MLflow parent run per invocation; cluster jobs inherit the key through the environment.
 os.environ.setdefault(PIPELINE_ENV, new_pipeline_key("snakemake"))
+os.environ.setdefault(PIPELINE_PID_ENV, str(os.getpid()))
+os.environ.setdefault(PIPELINE_HOST_ENV, platform.node())
 COMMON = ["__init__", "config", "errors", "files", "stage", "tracking"]
 TRAINING = [
     "cache",
@@ -32,6 +40,7 @@ TRAINING = [
     "transforms",
 ]
 MODELS = ["stage-1", "stage-2", "resnet50"]  # the lesson's three trained models
+HELD_LOCKS = []  # the project's and DVC's locks, held while jobs run (see onstart)
 
 
 wildcard_constraints:
@@ -46,8 +55,13 @@ def code(stage, *modules):
 
 
 onstart:
+    from pets.pipeline import hold_project
     from pets.tracking import prepare
 
+    try:  # one pipeline at a time: a second snakemake or a dvc repro stops at once
+        HELD_LOCKS.extend(hold_project(Path(workflow.basedir)))
+    except PetsError as error:
+        sys.exit(f"error: {error}")
     prepare(Path(workflow.basedir), PARAMS)
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import ModuleType
 
@@ -250,3 +252,85 @@ def test_compile_runs_the_model_through_torch_compile(photos, tmp_path: Path, mo
     monkeypatch.setattr(torch, "compile", fake_compile)
     _train(photos, tmp_path, weights="none", arch="resnet18", epochs=1, compile=True)
     assert calls == [None]  # inductor on a CPU; CUDA graphs ("reduce-overhead") on a GPU
+
+
+def _run_train_frozen(photos: dict[str, Path], out: Path, epochs: int) -> subprocess.Popen:
+    (out / "params.yaml").write_text(
+        "tracking: {enabled: false}\n"
+        f"train_frozen: {{weights: none, arch: resnet34, size: 96, bs: 8, epochs: {epochs}}}\n"
+    )
+    return subprocess.Popen(
+        [
+            sys.executable,
+            str(REPO / "workflow/scripts/train_frozen.py"),
+            "--params",
+            str(out / "params.yaml"),
+            "--split",
+            str(photos["split"]),
+            "--classes",
+            str(photos["classes"]),
+            "--cache",
+            str(photos["cache"]),
+            "--model",
+            str(out / "models/stage-1.pth"),
+            "--metrics",
+            str(out / "metrics.json"),
+            "--history",
+            str(out / "history.csv"),
+            "--model-info",
+            str(out / "model.json"),
+            "--threads",
+            "2",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def test_a_killed_training_resumes_and_ends_the_same(photos, tmp_path: Path) -> None:
+    clean, killed = tmp_path / "clean", tmp_path / "killed"
+    clean.mkdir()
+    killed.mkdir()
+    assert _run_train_frozen(photos, clean, 3).wait(timeout=600) == 0
+    process = _run_train_frozen(photos, killed, 3)
+    for line in process.stdout:  # the first epoch's row is printed once its state is saved
+        if line.startswith("0 "):
+            time.sleep(0.3)  # into the second epoch
+            break
+    process.kill()  # SIGKILL: nothing runs after it
+    process.wait()
+    assert not (killed / "metrics.json").exists() and not (killed / "models/stage-1.pth").exists()
+    resumed = _run_train_frozen(photos, killed, 3)
+    output = resumed.communicate(timeout=600)[0]
+    assert resumed.returncode == 0, output
+    assert "resuming after epoch" in output and "(resumed)" in output
+    assert (killed / "metrics.json").read_bytes() == (clean / "metrics.json").read_bytes()
+    assert not list((killed / "models/.resume").glob("*.pth"))  # forgotten once written
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "models/.resume").mkdir(parents=True)
+    shutil.copy(
+        next((clean / "models").glob("stage-1.pth")), other / "models/.resume/stage-1-0.pth"
+    )
+    assert _run_train_frozen(photos, other, 2).wait(timeout=600) == 0  # not a resume state
+
+
+def test_a_checkpoint_that_does_not_fit_its_architecture_is_refused(photos, tmp_path: Path) -> None:
+    _train(photos, tmp_path, weights="none", arch="resnet18", epochs=1)
+    saved = torch.load(tmp_path / "m.pth", weights_only=True)
+    saved["arch"] = "resnet34"  # weights of a resnet18 claiming to be a resnet34
+    torch.save(saved, tmp_path / "odd.pth")
+    params = parse_params({"finetune": {"bs": 8, "epochs": 1}})
+    with pytest.raises(PetsError, match="finetune: the weights do not fit resnet34 with 6 classes"):
+        _script("finetune").main(
+            params,
+            checkpoint=tmp_path / "odd.pth",
+            lr_find=tmp_path / "x",
+            **photos,
+            model=tmp_path / "s2.pth",
+            metrics=tmp_path / "s2.json",
+            history=tmp_path / "s2.csv",
+            model_info=tmp_path / "s2i.json",
+        )
+    assert not (tmp_path / "s2.pth").exists()

@@ -3,7 +3,10 @@ files a training stage writes (checkpoint, metrics, epoch history)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -12,10 +15,10 @@ import torch
 from torch import nn
 
 from pets.cache import PixelCache
-from pets.config import Params
+from pets.config import Params, stage_params
 from pets.data import DeviceCanvases, Loader, load_subsets
 from pets.errors import PetsError
-from pets.files import write_csv, write_json
+from pets.files import md5_file, write_csv, write_json
 from pets.model import create_body, create_cnn, freeze, unfreeze
 from pets.tracking import Tracker
 from pets.train import (
@@ -24,8 +27,10 @@ from pets.train import (
     fit_guarded,
     fit_one_cycle,
     load_checkpoint,
+    load_resume,
     pick_compute,
     save_checkpoint,
+    save_resume,
     spread_lr,
 )
 
@@ -41,6 +46,7 @@ class Learner:
     train: Loader | None  # None when loaded for inference only
     valid: Loader
     compute: Compute  # the device, and bf16 autocast or not
+    fingerprint: str = ""  # what identifies this training's params and inputs (for resuming)
 
     @property
     def split(self) -> str:
@@ -56,9 +62,12 @@ class Learner:
         tracker: Tracker,
         step_offset: int = 0,
         compile_model: bool = False,
+        resume: Path | None = None,
     ) -> list[EpochRow]:
         """Train with the one-cycle policy, logging each epoch's row to the tracker
-        (`compile_model`: through torch.compile)."""
+        (`compile_model`: through torch.compile). With `resume`, the training state is saved
+        there after every epoch, and a fit killed earlier continues from it when it was for
+        the same params and inputs (`self.fingerprint`)."""
 
         def log(row: EpochRow) -> None:
             tracker.log_metrics(
@@ -89,6 +98,8 @@ class Learner:
                 self.compute,
                 on_epoch=log,
                 compile_model=compile_model,
+                resume=partial(load_resume, resume, self.fingerprint) if resume else None,
+                checkpoint=partial(save_resume, resume, self.fingerprint) if resume else None,
             ),
             key,
             self.train.bs,
@@ -131,6 +142,30 @@ def _loaders(
     )
     valid_bs = bs * 2 if train_too else bs
     return train_loader, Loader(cache, valid, bs=valid_bs, augment_params=None, **common), classes
+
+
+def training_fingerprint(params: Params, key: str, files: list[Path]) -> str:
+    """What a resumed fit must share with the one that saved its state: the stage's params,
+    its input files' contents, and torch's version."""
+    described = {
+        "stage": key,
+        "params": stage_params(params, key),
+        "torch": torch.__version__,
+        "files": {str(path): md5_file(path) for path in files if path.is_file()},
+    }
+    return hashlib.md5(json.dumps(described, sort_keys=True).encode()).hexdigest()
+
+
+def resume_path(model: Path, phase: int = 0) -> Path:
+    """Where a training stage keeps its per-epoch state until its model is written: beside the
+    model, in a hidden folder that no DAG tool takes for an output."""
+    return model.parent / ".resume" / f"{model.stem}-{phase}.pth"
+
+
+def clear_resume(model: Path) -> None:
+    """Forget the per-epoch states once the model is written."""
+    for path in (model.parent / ".resume").glob(f"{model.stem}-*.pth"):
+        path.unlink()
 
 
 def _prepare(model: nn.Module, device: torch.device) -> nn.Module:
@@ -177,7 +212,9 @@ def create_learner(
         "head": {"features": body.features, "hidden": HIDDEN, "dropout": list(DROPOUT)},
         "frozen": frozen,
     }
-    return Learner(_prepare(model, device), info, train, valid, compute)
+    inputs = [split, classes, cache / "index.csv"]
+    fingerprint = training_fingerprint(params, key, inputs)
+    return Learner(_prepare(model, device), info, train, valid, compute, fingerprint)
 
 
 def rebuild_model(info: dict[str, Any], state: dict[str, torch.Tensor], key: str) -> nn.Sequential:
@@ -233,7 +270,10 @@ def load_learner(
         )
     torch.manual_seed(params.seed)
     model = rebuild_model(info, saved["model"], key)
-    return Learner(_prepare(model, device), info, train_loader, valid, compute)
+    fingerprint = training_fingerprint(
+        params, key, [checkpoint, split, classes, cache / "index.csv"]
+    )
+    return Learner(_prepare(model, device), info, train_loader, valid, compute, fingerprint)
 
 
 def unfreeze_learner(learner: Learner) -> None:

@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
 PIPELINE_ENV = "PETS_PIPELINE"  # set by the Snakefile so cluster jobs share one parent run
+PIPELINE_PID_ENV = "PETS_PIPELINE_PID"  # the snakemake process, to tell when it has died
+PIPELINE_HOST_ENV = "PETS_PIPELINE_HOST"  # ... and its host (cluster jobs run elsewhere)
 PIPELINE_TOOLS = ("snakemake", "dvc")
 TERMINAL = ("FAILED", "KILLED")
 DATASET_MANIFEST = "data/dataset.json"  # the download stage's manifest: the archive's md5
@@ -138,6 +140,51 @@ def pipeline_key() -> str | None:
                     if tool in words:
                         return f"{tool}-{process.pid}-{int(process.create_time())}"
     return None
+
+
+def pipeline_pid() -> int | None:
+    """The process of this stage's pipeline tool (snakemake or dvc), when known."""
+    if os.environ.get(PIPELINE_PID_ENV, "").isdigit():
+        return int(os.environ[PIPELINE_PID_ENV])
+    key = pipeline_key() or ""
+    parts = key.split("-")
+    return int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else None
+
+
+def _alive(pid: str | None, started: str | None) -> bool:
+    if not pid or not pid.isdigit():
+        return True  # unknown: leave it alone
+    try:
+        process = psutil.Process(int(pid))
+        return not started or abs(process.create_time() - float(started)) < 1
+    except psutil.Error:
+        return False
+
+
+def close_dead_runs(client: MlflowClient, experiment: str) -> int:
+    """Mark KILLED the runs still RUNNING on this host whose process is gone (a stage or a
+    pipeline killed with SIGKILL cannot say so itself); returns how many."""
+    runs = client.search_runs(
+        [experiment],
+        filter_string=(f"attributes.status = 'RUNNING' and tags.`pets.host` = '{platform.node()}'"),
+    )
+    closed = 0
+    for run in runs:
+        tags = run.data.tags
+        if not _alive(tags.get("pets.pid"), tags.get("pets.pid_start")):
+            client.set_terminated(run.info.run_id, "KILLED")
+            closed += 1
+    return closed
+
+
+def _process_tags(pid: int | None, host: str | None = None) -> dict[str, str]:
+    """Where a run's process lives, so a later stage can tell that it died."""
+    tags = {"pets.host": host or platform.node()}
+    if pid and tags["pets.host"] == platform.node():
+        with contextlib.suppress(psutil.Error):
+            started = psutil.Process(pid).create_time()
+            tags.update({"pets.pid": str(pid), "pets.pid_start": str(started)})
+    return tags
 
 
 def new_pipeline_key(tool: str) -> str:
@@ -268,7 +315,13 @@ def _find_or_create_parent(client: MlflowClient, experiment: str, key: str, para
     tool = key.split("-")[0]
     name = f"{tool} {time.strftime('%Y-%m-%d %H:%M:%S')}"
     run = client.create_run(
-        experiment, run_name=name, tags={"pets.pipeline": key, "pets.kind": "pipeline"}
+        experiment,
+        run_name=name,
+        tags={
+            "pets.pipeline": key,
+            "pets.kind": "pipeline",
+            **_process_tags(pipeline_pid(), os.environ.get(PIPELINE_HOST_ENV)),
+        },
     )
     tracker = MlflowTracker(client, run.info.run_id)
     tracker.log_params(flatten(params.model_dump(mode="json", exclude={"tracking"})))
@@ -306,11 +359,13 @@ def stage_run(
     key = pipeline_key()
     with _lock(project):
         experiment = experiment_id(client, params.tracking.experiment, project)
+        close_dead_runs(client, experiment)
         parent_id = _find_or_create_parent(client, experiment, key, params) if key else None
         # Per-model stages run once per model: `interpret@stage-1`, as DVC names them.
         tags = {"pets.stage": stage, "pets.kind": "stage", "pets.pipeline": key or "by hand"}
         if "@" in stage:
             tags["pets.model"] = stage.split("@", 1)[1]
+        tags.update(_process_tags(os.getpid()))
         if parent_id:
             tags["mlflow.parentRunId"] = parent_id
         run = client.create_run(experiment, run_name=stage, tags=tags)

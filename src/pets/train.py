@@ -277,6 +277,8 @@ def fit_one_cycle(
     print(HEADER, flush=True)
     for row in state.history:
         print(row.line(), "(resumed)", flush=True)
+        if on_epoch:  # this run's tracker gets the whole table
+            on_epoch(row)
     for epoch in range(state.epoch, epochs):
         start = time.perf_counter()
         train_loss = train_one_epoch(
@@ -286,12 +288,62 @@ def fit_one_cycle(
         row = EpochRow(epoch, train_loss, valid_loss, error_rate, time.perf_counter() - start)
         state.history.append(row)
         state.epoch = epoch + 1
+        if checkpoint:  # saved before the row is shown: a shown row is never lost
+            checkpoint({**parts, "state": state})
         print(row.line(), flush=True)
         if on_epoch:
             on_epoch(row)
-        if checkpoint:
-            checkpoint({**parts, "state": state})
     return state.history
+
+
+RESUME_FORMAT = "pets.resume/1"
+
+
+def save_resume(path: Path, fingerprint: str, parts: dict[str, Any]) -> None:
+    """Everything a fit needs to continue exactly after the epoch just finished: weights,
+    optimizer, schedule, the loader's generators, the global RNG (dropout), the epoch table."""
+    state: FitState = parts["state"]
+    payload = {
+        "format": RESUME_FORMAT,
+        "fingerprint": fingerprint,
+        "epoch": state.epoch,
+        "history": [row.__dict__ for row in state.history],
+        "smoothed": [state.smoothed.value, state.smoothed.count],
+        "model": parts["model"].state_dict(),
+        "optimizer": parts["optimizer"].state_dict(),
+        "scheduler": parts["scheduler"].state_dict(),
+        "loader": parts["train_loader"].state(),
+        "rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_resume(path: Path, fingerprint: str, parts: dict[str, Any]) -> FitState:
+    """The state `save_resume` left for this very fit (same params and inputs), loaded into
+    `parts`; a fresh state when there is none, or it belongs to another configuration."""
+    if not path.is_file():
+        return FitState()
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # a truncated file from a kill mid-write: start over
+        payload = {}
+    if payload.get("format") != RESUME_FORMAT or payload.get("fingerprint") != fingerprint:
+        print(
+            f"{path}: from another configuration or unreadable; starting from epoch 0", flush=True
+        )
+        return FitState()
+    parts["model"].load_state_dict(payload["model"])
+    parts["optimizer"].load_state_dict(payload["optimizer"])
+    parts["scheduler"].load_state_dict(payload["scheduler"])
+    parts["train_loader"].load_state(payload["loader"])
+    torch.set_rng_state(payload["rng"])
+    if payload["cuda_rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(payload["cuda_rng"])
+    print(f"resuming after epoch {payload['epoch'] - 1} from {path}", flush=True)
+    smoothed = SmoothedLoss(*payload["smoothed"])
+    return FitState(payload["epoch"], [EpochRow(**row) for row in payload["history"]], smoothed)
 
 
 def fit_guarded(fit: Callable[[], list[EpochRow]], key: str, bs: int, size: int) -> list[EpochRow]:

@@ -19,7 +19,7 @@ from pathlib import Path
 from pets.config import Params
 from pets.errors import PetsError
 from pets.files import read_json
-from pets.learner import load_learner, unfreeze_learner, write_outputs
+from pets.learner import clear_resume, load_learner, resume_path, unfreeze_learner, write_outputs
 from pets.stage import run_stage, stage_parser, training_arguments
 from pets.tracking import Tracker
 from pets.train import threads as torch_threads
@@ -61,7 +61,13 @@ def main(
         )
         unfreeze_learner(learner)
         rows = learner.fit_one_cycle(
-            cfg.epochs, lr, cfg.wd, "finetune", tracker, compile_model=cfg.compile
+            cfg.epochs,
+            lr,
+            cfg.wd,
+            "finetune",
+            tracker,
+            compile_model=cfg.compile,
+            resume=resume_path(model),
         )
     write_outputs(
         learner,
@@ -72,6 +78,7 @@ def main(
         info_path=model_info,
         tracker=tracker,
     )
+    clear_resume(model)
 
 
 def cli(argv: list[str] | None = None) -> None:

@@ -16,7 +16,7 @@ import dataclasses
 from pathlib import Path
 
 from pets.config import Params
-from pets.learner import create_learner, unfreeze_learner, write_outputs
+from pets.learner import clear_resume, create_learner, resume_path, unfreeze_learner, write_outputs
 from pets.stage import run_stage, stage_parser, training_arguments
 from pets.tracking import Tracker
 from pets.train import threads as torch_threads
@@ -51,7 +51,13 @@ def main(
             cache=cache,
         )
         rows = learner.fit_one_cycle(
-            cfg.epochs, cfg.lr, cfg.wd, "train_resnet50", tracker, compile_model=cfg.compile
+            cfg.epochs,
+            cfg.lr,
+            cfg.wd,
+            "train_resnet50",
+            tracker,
+            compile_model=cfg.compile,
+            resume=resume_path(model),
         )
         if cfg.unfreeze_epochs:
             unfreeze_learner(learner)
@@ -63,6 +69,7 @@ def main(
                 tracker,
                 step_offset=len(rows),
                 compile_model=cfg.compile,
+                resume=resume_path(model, phase=1),
             )
             rows += [dataclasses.replace(row, epoch=row.epoch + len(rows)) for row in more]
     write_outputs(
@@ -74,6 +81,7 @@ def main(
         info_path=model_info,
         tracker=tracker,
     )
+    clear_resume(model)
 
 
 def cli(argv: list[str] | None = None) -> None:
