@@ -28,7 +28,7 @@ except PetsError as error:
 os.environ.setdefault(PIPELINE_ENV, new_pipeline_key("snakemake"))
 os.environ.setdefault(PIPELINE_PID_ENV, str(os.getpid()))
 os.environ.setdefault(PIPELINE_HOST_ENV, platform.node())
-COMMON = ["__init__", "config", "errors", "files", "stage", "tracking"]
+COMMON = ["__init__", "config", "distributed", "errors", "files", "stage", "tracking"]
 TRAINING = [
     "cache",
     "data",
@@ -41,6 +41,11 @@ TRAINING = [
 ]
 MODELS = ["stage-1", "stage-2", "resnet50"]  # the lesson's three trained models
 HELD_LOCKS = []  # the project's and DVC's locks, held while jobs run (see onstart)
+# A training stage uses launch.processes GPUs (data-parallel above 1); raise the profile's
+# `gpu` limit (or pass --resources gpu=N) to the GPUs of the machine.
+GPUS = PARAMS.launch.processes
+# Training and inference use every core (`--threads 0`) whatever the scheduler reserved: CPU
+# sums depend on the thread count, and both tools must give the same numbers.
 
 
 wildcard_constraints:
@@ -68,6 +73,7 @@ onstart:
 rule all:
     input:
         "reports/index.html",
+        "models/export",
 
 
 rule download:
@@ -162,14 +168,14 @@ rule train_frozen:
         "envs/pets.yaml"
     threads: 4
     resources:
-        gpu=1,
+        gpu=GPUS,
     params:
         stage_params(PARAMS, "train_frozen"),
     shell:
         "python workflow/scripts/train_frozen.py --params params.yaml --split {input.split}"
         " --classes {input.classes} --cache {input.cache} --model {output.model}"
         " --metrics {output.metrics} --history {output.history} --model-info {output.info}"
-        " --threads {threads}"
+        " --threads 0"
         " 2>&1 | tee {log}"
 
 
@@ -190,14 +196,14 @@ rule lr_find:
         "envs/pets.yaml"
     threads: 4
     resources:
-        gpu=1,
+        gpu=GPUS,
     params:
         stage_params(PARAMS, "lr_find"),
     shell:
         "python workflow/scripts/lr_find.py --params params.yaml --checkpoint {input.checkpoint}"
         " --split {input.split} --classes {input.classes} --cache {input.cache}"
         " --curve {output.curve} --figure {output.figure} --suggestions {output.suggestions}"
-        " --threads {threads} 2>&1 | tee {log}"
+        " --threads 0 2>&1 | tee {log}"
 
 
 rule finetune:
@@ -219,14 +225,14 @@ rule finetune:
         "envs/pets.yaml"
     threads: 4
     resources:
-        gpu=1,
+        gpu=GPUS,
     params:
         stage_params(PARAMS, "finetune"),
     shell:
         "python workflow/scripts/finetune.py --params params.yaml --checkpoint {input.checkpoint}"
         " --lr-find {input.lr_find} --split {input.split} --classes {input.classes}"
         " --cache {input.cache} --model {output.model} --metrics {output.metrics}"
-        " --history {output.history} --model-info {output.info} --threads {threads}"
+        " --history {output.history} --model-info {output.info} --threads 0"
         " 2>&1 | tee {log}"
 
 
@@ -247,14 +253,14 @@ rule train_resnet50:
         "envs/pets.yaml"
     threads: 4
     resources:
-        gpu=1,
+        gpu=GPUS,
     params:
         stage_params(PARAMS, "train_resnet50"),
     shell:
         "python workflow/scripts/train_resnet50.py --params params.yaml --split {input.split}"
         " --classes {input.classes} --cache {input.cache} --model {output.model}"
         " --metrics {output.metrics} --history {output.history} --model-info {output.info}"
-        " --threads {threads}"
+        " --threads 0"
         " 2>&1 | tee {log}"
 
 
@@ -279,7 +285,7 @@ rule get_preds:
     shell:
         "python workflow/scripts/get_preds.py --params params.yaml --checkpoint {input.checkpoint}"
         " --split {input.split} --classes {input.classes} --cache {input.cache}"
-        " --predictions {output.predictions} --threads {threads} 2>&1 | tee {log}"
+        " --predictions {output.predictions} --threads 0 2>&1 | tee {log}"
 
 
 rule interpret:
@@ -359,3 +365,36 @@ rule report:
         "python workflow/scripts/report.py --params params.yaml --models stage-1 stage-2 resnet50"
         " --reports reports --metrics metrics --cache {input.cache} --out {output.html}"
         " --flips {output.flips} 2>&1 | tee {log}"
+
+
+rule export:
+    input:
+        code=code(
+            "export",
+            "cache",
+            "data",
+            "export",
+            "images",
+            "labels",
+            "learner",
+            "model",
+            "train",
+            "transforms",
+        ),
+        checkpoint=f"models/{PARAMS.export.model}.pth",
+        split="data/split.csv",
+        classes="data/classes.json",
+        cache="data/cache",
+    output:
+        folder=directory("models/export"),
+        checks="reports/export.json",
+    log:
+        "logs/export.log",
+    conda:
+        "envs/pets.yaml"
+    params:
+        stage_params(PARAMS, "export"),
+    shell:
+        "python workflow/scripts/export.py --params params.yaml --checkpoint {input.checkpoint}"
+        " --split {input.split} --classes {input.classes} --cache {input.cache}"
+        " --out {output.folder} --checks {output.checks} 2>&1 | tee {log}"

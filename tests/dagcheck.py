@@ -98,7 +98,16 @@ def imported_modules(project: Path, script: str) -> set[str]:
     pending = [project / script]
     while pending:
         tree = ast.parse(pending.pop().read_text())
+        typing_only = {
+            id(n)
+            for block in ast.walk(tree)
+            if isinstance(block, ast.If)
+            and ast.unparse(block.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING")
+            for n in ast.walk(block)
+        }
         for node in ast.walk(tree):
+            if id(node) in typing_only:  # imported for type checkers only: never runs
+                continue
             names = []
             if (
                 isinstance(node, ast.ImportFrom)

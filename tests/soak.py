@@ -103,10 +103,18 @@ def bad_files(images: Path, rng: random.Random) -> int:
     return count
 
 
-def run(project: Path, tool: str, kill_after: float | None, log: Path) -> tuple[int, bool]:
-    """Run the DAG, its output to `log`; kill its process group after `kill_after` seconds.
-    Returns (exit code, killed)."""
-    command = ["snakemake", "--cores", "2"] if tool == "snakemake" else ["dvc", "repro"]
+FORCED = ("labels", "cache", "train_frozen", "lr_find", "finetune", "train_resnet50")
+
+
+def run(
+    project: Path, tool: str, kill_after: float | None, log: Path, force: str | None = None
+) -> tuple[int, bool]:
+    """Run the DAG (redoing `force` and what follows it), its output to `log`; kill its
+    process group after `kill_after` seconds. Returns (exit code, killed)."""
+    if tool == "snakemake":
+        command = ["snakemake", "--cores", "2", *(["--forcerun", force] if force else [])]
+    else:
+        command = ["dvc", "repro", *(["--force", "--downstream", force] if force else [])]
     with open(log, "w") as output:
         process = subprocess.Popen(
             command,
@@ -177,14 +185,16 @@ def main() -> None:
             if images.is_dir() and rng.random() < 0.5:
                 figures["bad_files"] += bad_files(images, rng)
             log = root / f"round-{round_number}.log"
-            code, killed = run(soak, tool, rng.uniform(2, full * 1.2), log)
+            force = rng.choice(FORCED)  # every round has work to interrupt
+            code, killed = run(soak, tool, rng.uniform(3, full), log, force)
             figures["resumed_trainings"] += log.read_text().count("resuming after epoch")
             figures["rounds"] += 1
             figures["kills"] += killed
             broken = [o for o in OUTPUTS if (soak / o).exists() and not valid(soak / o)]
             figures["invalid_outputs"] += len(broken)
             print(
-                f"round {round_number + 1:2d}: {tool:9s} {'killed' if killed else f'exit {code}'}"
+                f"round {round_number + 1:2d}: {tool:9s} from {force:14s} "
+                f"{'killed' if killed else f'exit {code}'}"
                 f"{'; invalid: ' + ', '.join(broken) if broken else ''}",
                 flush=True,
             )

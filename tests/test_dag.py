@@ -52,6 +52,8 @@ OUTPUTS = [
     "metrics/interpret/stage-1.json",
     "reports/index.html",
     "reports/flips.csv",
+    "models/export/model.safetensors",
+    "reports/export.json",
 ]
 
 
@@ -138,16 +140,18 @@ def test_a_param_change_reruns_only_what_reads_it(snakemade: Path) -> None:
         ({"preview": {"rows": 2}}, {"preview": 1, "report": 1}),
         ({"finetune": {"epochs": 2}}, {"finetune": 1, **one_model}),
         ({"lr_find": {"num_it": 14}}, {"lr_find": 1, "finetune": 1, **one_model}),
-        ({"train_resnet50": {"lr": 1.0e-3}}, {"train_resnet50": 1, **one_model}),
+        ({"train_resnet50": {"lr": 1.0e-3}}, {"train_resnet50": 1, **one_model, "export": 1}),
+        ({"export": {"onnx": False}}, {"export": 1}),
         ({"interpret": {"min_val": 3}}, {"interpret": 3, "report": 1}),
         ({"report": {"flips_shown": 5}}, {"report": 1}),
         ({"get_preds": {"bs": 2}}, ALL),
         (
             {"labels": {"valid_pct": 0.3}},
-            {"labels": 1, "cache": 1, "preview": 1, **training, **ALL},
+            {"labels": 1, "cache": 1, "preview": 1, **training, **ALL, "export": 1},
         ),
-        ({"augment": {"max_rotate": 5.0}}, {"preview": 1, **training, **ALL}),
+        ({"augment": {"max_rotate": 5.0}}, {"preview": 1, **training, **ALL, "export": 1}),
         ({"tracking": {"enabled": True, "experiment": "x"}}, {}),
+        ({"launch": {"processes": 2}}, {}),
     ]
     try:
         for change, expected in changes:

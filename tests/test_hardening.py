@@ -85,7 +85,8 @@ def test_snakemake_and_dvc_refuse_to_run_beside_each_other(snakemade: Path, tmp_
     try:
         lock = project / ".pets" / "pipeline.lock"
         deadline = time.monotonic() + 120
-        while not (lock.exists() and "pid" in lock.read_text()) and time.monotonic() < deadline:
+        holder = f"pid {running.pid}\n"  # the copied project's lock file names an old pid
+        while not (lock.exists() and holder in lock.read_text()) and time.monotonic() < deadline:
             time.sleep(0.2)
         second = run_tool(project, "snakemake", "--cores", "1", "--forcerun", "report", check=False)
         assert second.returncode != 0
@@ -147,6 +148,8 @@ def test_checkpoints_are_loaded_without_unpickling(tmp_path: Path) -> None:
 def test_no_code_path_unpickles() -> None:
     source = "\n".join(p.read_text() for p in (REPO / "src").rglob("*.py"))
     source += "\n".join(p.read_text() for p in (REPO / "workflow").rglob("*.py"))
-    assert "pickle" not in source
+    # Docstrings may say "without pickle"; code may not import or call an unpickler.
+    unpicklers = r"import (c?pickle|dill|joblib|cloudpickle)\b|pickle\.loads?\(|allow_pickle=True"
+    assert not re.findall(unpicklers, source)
     loads = re.findall(r"torch\.load\([^)]*\)", source)
     assert loads and all("weights_only=True" in call for call in loads)

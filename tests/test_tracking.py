@@ -26,6 +26,7 @@ STAGES = {
     "finetune",
     "train_resnet50",
     "report",
+    "export",
 } | {
     f"{stage}@{model}"
     for stage in ("get_preds", "interpret")

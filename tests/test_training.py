@@ -334,3 +334,56 @@ def test_a_checkpoint_that_does_not_fit_its_architecture_is_refused(photos, tmp_
             model_info=tmp_path / "s2i.json",
         )
     assert not (tmp_path / "s2.pth").exists()
+
+
+def test_two_gloo_processes_train_data_parallel(photos, lite0, tmp_path: Path) -> None:
+    settings = "arch: 'timm:tf_efficientnet_lite0', weights: '{}', size: 64, epochs: 4, bs: {}"
+    results = {}
+    for processes, bs in ((1, 8), (2, 4)):  # the same effective batch: 8
+        out = tmp_path / f"p{processes}"
+        out.mkdir()
+        (out / "params.yaml").write_text(
+            "tracking: {enabled: false}\n"
+            f"launch: {{processes: {processes}}}\n"
+            f"train_frozen: {{{settings.format(lite0, bs)}}}\n"
+        )
+        done = subprocess.run(
+            [
+                sys.executable,
+                str(REPO / "workflow/scripts/train_frozen.py"),
+                "--params",
+                str(out / "params.yaml"),
+                "--split",
+                str(photos["split"]),
+                "--classes",
+                str(photos["classes"]),
+                "--cache",
+                str(photos["cache"]),
+                "--model",
+                str(out / "m.pth"),
+                "--metrics",
+                str(out / "m.json"),
+                "--history",
+                str(out / "h.csv"),
+                "--model-info",
+                str(out / "i.json"),
+                "--threads",
+                "1",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        assert done.stdout.count("epoch     train_loss") == 1  # only process 0 prints
+        assert sorted(p.name for p in out.iterdir()) == [
+            "h.csv",
+            "i.json",
+            "m.json",
+            "m.pth",
+            "params.yaml",
+        ]
+        results[processes] = json.loads((out / "m.json").read_text())
+        assert len(pd.read_csv(out / "h.csv")) == 4
+    assert results[2]["error_rate"] < 0.6  # it learned
+    assert abs(results[2]["error_rate"] - results[1]["error_rate"]) <= 0.2

@@ -1,6 +1,7 @@
 """The `pets` command: compare runs, keep Snakemake and DVC in step, make test data.
 
-`pets runs` prints the latest MLflow run of every stage with its key params and error rate;
+`pets predict MODEL PHOTOS...` classifies photos; `pets runs` prints the latest MLflow run of
+every stage with its key params and error rate;
 `pets sync snakemake` makes Snakemake accept outputs that DVC made or restored (`dvc repro`,
 `dvc checkout`, `dvc exp apply`) instead of retraining; `pets sync dvc` records outputs
 Snakemake made in dvc.lock; `pets fake-data` writes a Pets-like data set."""
@@ -134,6 +135,47 @@ def sync_dvc(project: Path) -> None:
         raise PetsError(f"dvc commit failed: {committed.stderr.strip()[-500:]}")
 
 
+def print_predictions(args: argparse.Namespace) -> int:
+    """Predict and print in the chosen format; returns how many photos could not be read."""
+    import csv
+
+    from pets.predict import Predictor, photo_paths
+
+    predictor = Predictor(
+        args.model, device=args.device, bs=args.bs, tta=args.tta, top_k=args.top_k
+    )
+    results = list(predictor.predict(photo_paths(args.photos)))
+    if args.json:
+        print(
+            json.dumps(
+                [
+                    {
+                        "path": r.path,
+                        "error": r.error or None,
+                        "predictions": [{"class": c, "probability": p} for c, p in r.top],
+                    }
+                    for r in results
+                ],
+                indent=2,
+            )
+        )
+    elif args.csv:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        ranks = range(1, predictor.top_k + 1)
+        writer.writerow(["path", *[f"{k}{i}" for i in ranks for k in ("top", "p_top")], "error"])
+        for r in results:
+            cells = [v for c, p in r.top for v in (c, f"{p:.6f}")]
+            writer.writerow([r.path, *cells, *[""] * (2 * predictor.top_k - len(cells)), r.error])
+    else:
+        for r in results:
+            shown = "  ".join(f"{c} {p:.3f}" for c, p in r.top) if r.top else f"error: {r.error}"
+            print(f"{r.path}  {shown}")
+    for r in results:
+        if r.error:
+            print(f"pets predict: {r.error}", file=sys.stderr)
+    return sum(1 for r in results if r.error)
+
+
 def main(argv: list[str] | None = None) -> None:
     """`pets --help`."""
     parser = argparse.ArgumentParser(
@@ -150,6 +192,24 @@ def main(argv: list[str] | None = None) -> None:
         choices=("snakemake", "dvc"),
         help="snakemake: after dvc repro/checkout/exp apply; dvc: after snakemake",
     )
+    predict = commands.add_parser(
+        "predict",
+        help="classify photos with a trained model",
+        description="Top classes of each photo, from an export folder (models/export) or a "
+        "training checkpoint (models/stage-2.pth). Unreadable photos are reported and skipped; "
+        "the exit status is 1 if any was.",
+    )
+    predict.add_argument("model", type=Path, help="export folder or .pth checkpoint")
+    predict.add_argument("photos", type=Path, nargs="+", help="photos or folders of photos")
+    predict.add_argument("--top-k", type=int, default=3)
+    predict.add_argument(
+        "--tta", action="store_true", help="average the centre crop, its mirror and both end crops"
+    )
+    predict.add_argument("--bs", type=int, default=32, help="photos per batch")
+    predict.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    form = predict.add_mutually_exclusive_group()
+    form.add_argument("--json", action="store_true", help="JSON output")
+    form.add_argument("--csv", action="store_true", help="CSV output")
     fake = commands.add_parser("fake-data", help="write a Pets-like data set (and .tgz)")
     fake.add_argument("root", type=Path)
     fake.add_argument("--per-class", type=int, default=200)
@@ -162,6 +222,11 @@ def main(argv: list[str] | None = None) -> None:
         if args.command == "runs":
             table = runs_table(project, args.all, args.limit)
             print(table.to_string(index=False) if len(table) else "no stage runs tracked yet")
+        elif args.command == "predict":
+            failed = print_predictions(args)
+            if failed:
+                print(f"pets predict: {failed} photos could not be read", file=sys.stderr)
+                sys.exit(1)
         elif args.command == "sync":
             (sync_snakemake if args.tool == "snakemake" else sync_dvc)(project)
             print(f"{args.tool} now takes the outputs in {project} as up to date")

@@ -268,6 +268,22 @@ class ReportParams(Section):
     flips_shown: int = Field(24, ge=0, le=500, description="flipped photos shown per direction")
 
 
+class ExportParams(Section):
+    """`export`: the model without pickle (safetensors + JSON), TorchScript and ONNX copies."""
+
+    model: Literal["stage-1", "stage-2", "resnet50"] = Field("resnet50", description="which")
+    torchscript: bool = Field(True, description="also write model.torchscript.pt")
+    onnx: bool = Field(True, description="also write model.onnx")
+    tolerance: float = Field(1e-3, gt=0, description="largest |logit difference| allowed")
+    check_images: int = Field(64, ge=1, le=4096, description="validation photos checked")
+
+
+class LaunchParams(Section):
+    """How training stages run; not a dependency of any stage, so changing it reruns nothing."""
+
+    processes: int = Field(1, ge=1, le=64, description=">1: data-parallel (torchrun), bs each")
+
+
 class Params(Section):
     """All of `params.yaml`: shared keys, then one section per stage."""
 
@@ -277,6 +293,7 @@ class Params(Section):
         "auto", description="auto = bf16 autocast on GPUs that have it, fp32 on the CPU"
     )
     tracking: TrackingParams = TrackingParams()
+    launch: LaunchParams = LaunchParams()
     data: DataParams = DataParams()
     labels: LabelsParams = LabelsParams()
     cache: CacheParams = CacheParams()
@@ -289,6 +306,7 @@ class Params(Section):
     get_preds: GetPredsParams = GetPredsParams()
     interpret: InterpretParams = InterpretParams()
     report: ReportParams = ReportParams()
+    export: ExportParams = ExportParams()
 
 
 # The params each stage reads: its own section plus shared keys. The Snakefile's `params:`, the
@@ -305,6 +323,7 @@ STAGE_PARAMS: dict[str, tuple[str, ...]] = {
     "get_preds": ("get_preds", "device", "precision"),
     "interpret": ("interpret", "seed"),
     "report": ("report",),
+    "export": ("export",),
 }
 
 

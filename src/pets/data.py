@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pets import distributed
 from pets.cache import PixelCache
 from pets.config import AugmentParams
 from pets.errors import PetsError
@@ -113,21 +114,31 @@ class Loader:
         seed: int,
         resident: DeviceCanvases | None = None,
         channels_last: bool = False,
+        rank: int | None = None,
+        world: int | None = None,
     ) -> None:
         self.cache, self.subset, self.bs, self.size = cache, subset, bs, size
         self.device, self.mean, self.std = device, mean, std
         self.augment_params, self.resident = augment_params, resident
         self.train = augment_params is not None
         self.channels_last = channels_last
+        # Under torchrun each process takes every `world`-th photo of one shared seeded order.
+        self.rank = distributed.rank() if rank is None else rank
+        self.world = distributed.size() if world is None else world
         self.shuffle = torch.Generator().manual_seed(seed + SHUFFLE_STREAM)
-        self.augmentation = torch.Generator().manual_seed(seed + AUGMENT_STREAM)
+        self.augmentation = torch.Generator().manual_seed(seed + AUGMENT_STREAM + self.rank)
         self.targets = torch.tensor(subset.targets)
         self._pool = ThreadPoolExecutor(max_workers=1) if resident is None else None
         self._on_device: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def __len__(self) -> int:
-        count = len(self.subset)
-        return count // self.bs if self.train else -(-count // self.bs)
+        if self.train:  # every process the same number of full batches
+            return len(self.subset) // (self.bs * self.world)
+        return -(-len(self._mine(np.arange(len(self.subset)))) // self.bs)
+
+    def _mine(self, order: np.ndarray) -> np.ndarray:
+        """This process's share of an epoch's order."""
+        return order[self.rank :: self.world]
 
     def state(self) -> dict[str, torch.Tensor]:
         """The generators' states, saved in checkpoints so a resumed run draws the same."""
@@ -140,12 +151,16 @@ class Loader:
 
     def _order(self) -> list[np.ndarray]:
         count = len(self.subset)
-        order = (
-            torch.randperm(count, generator=self.shuffle).numpy()
-            if self.train
-            else np.arange(count)
-        )
-        return [order[i : i + self.bs] for i in range(0, len(self) * self.bs, self.bs)][: len(self)]
+        if self.train:
+            order = torch.randperm(count, generator=self.shuffle).numpy()
+            order = self._mine(order[: len(self) * self.bs * self.world])
+        else:
+            order = self._mine(np.arange(count))
+        return [order[i : i + self.bs] for i in range(0, len(order), self.bs)]
+
+    def targets_in_order(self) -> torch.Tensor:
+        """The targets of this process's validation photos, in the order batches come."""
+        return self.targets[torch.from_numpy(self._mine(np.arange(len(self.subset))))]
 
     def _read(self, positions: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """A batch read from the cache into (pinned, on CUDA) host memory and sent to the

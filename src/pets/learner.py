@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from pets import distributed
 from pets.cache import PixelCache
 from pets.config import Params, stage_params
 from pets.data import DeviceCanvases, Loader, load_subsets
@@ -80,6 +81,8 @@ class Learner:
                 step=step_offset + row.epoch,
             )
 
+        # Per-epoch states are one process's; a data-parallel run starts over after a kill.
+        keep = resume is not None and distributed.size() == 1
         lrs = spread_lr(lr)
         self.info.setdefault("lr", []).append(lrs)
         print(
@@ -98,8 +101,8 @@ class Learner:
                 self.compute,
                 on_epoch=log,
                 compile_model=compile_model,
-                resume=partial(load_resume, resume, self.fingerprint) if resume else None,
-                checkpoint=partial(save_resume, resume, self.fingerprint) if resume else None,
+                resume=partial(load_resume, resume, self.fingerprint) if keep else None,
+                checkpoint=partial(save_resume, resume, self.fingerprint) if keep else None,
             ),
             key,
             self.train.bs,
@@ -164,8 +167,11 @@ def resume_path(model: Path, phase: int = 0) -> Path:
 
 def clear_resume(model: Path) -> None:
     """Forget the per-epoch states once the model is written."""
-    for path in (model.parent / ".resume").glob(f"{model.stem}-*.pth"):
+    folder = model.parent / ".resume"
+    for path in folder.glob(f"{model.stem}-*.pth"):
         path.unlink()
+    if folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
 
 
 def _prepare(model: nn.Module, device: torch.device) -> nn.Module:
@@ -190,7 +196,7 @@ def create_learner(
 ) -> Learner:
     """A new model from pretrained weights (the lesson's `create_cnn`), body frozen unless
     `weights` is none."""
-    compute = pick_compute(params.device, params.precision)
+    compute = distributed.start(pick_compute(params.device, params.precision))
     device = compute.device
     torch.manual_seed(params.seed)  # untrained bodies, the head's initial weights, dropout masks
     body = create_body(arch, weights, f"{key}.weights")
@@ -211,6 +217,7 @@ def create_learner(
         "split": body.split,
         "head": {"features": body.features, "hidden": HIDDEN, "dropout": list(DROPOUT)},
         "frozen": frozen,
+        "presize": train.cache.size,  # photos reach the model from a canvas this size
     }
     inputs = [split, classes, cache / "index.csv"]
     fingerprint = training_fingerprint(params, key, inputs)
@@ -232,6 +239,14 @@ def rebuild_model(info: dict[str, Any], state: dict[str, torch.Tensor], key: str
     return model
 
 
+def load_trained_model(checkpoint: Path, key: str) -> tuple[nn.Sequential, dict[str, Any]]:
+    """A training checkpoint's model in eval mode on the CPU, and what the checkpoint says
+    about it (arch, classes, size, normalisation, ...)."""
+    saved = load_checkpoint(checkpoint, key)
+    info = {name: value for name, value in saved.items() if name not in ("model", "format")}
+    return rebuild_model(info, saved["model"], key).eval(), info
+
+
 def load_learner(
     params: Params,
     key: str,
@@ -248,7 +263,7 @@ def load_learner(
     saved = load_checkpoint(checkpoint, key)
     # What the model is; the learning rates of earlier fits are not carried into this one.
     info = {k: v for k, v in saved.items() if k not in ("model", "format", "lr")}
-    compute = pick_compute(params.device, params.precision)
+    compute = distributed.start(pick_compute(params.device, params.precision))
     device = compute.device
     train_loader, valid, class_names = _loaders(
         params,
@@ -268,6 +283,7 @@ def load_learner(
             f"{key}: {checkpoint} was trained on {len(info['classes'])} classes that differ from "
             f"the {len(class_names)} in {classes}; rerun the stage that made it"
         )
+    info["presize"] = valid.cache.size
     torch.manual_seed(params.seed)
     model = rebuild_model(info, saved["model"], key)
     fingerprint = training_fingerprint(
@@ -296,6 +312,8 @@ def write_outputs(
     """Save the checkpoint, `metrics.json` (the last epoch's numbers; no timings, so equal runs
     give equal files), the epoch table as CSV and what the model is (`model.json`: arch,
     weights, size, batch size, learning rates per fit); returns the metrics."""
+    if not distributed.is_main():  # one set of outputs, from process 0
+        return {}
     last = history[-1]
     metrics = {
         "error_rate": last.error_rate,

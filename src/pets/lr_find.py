@@ -14,6 +14,7 @@ import pandas as pd
 import torch.nn.functional as F
 from torch import nn
 
+from pets import distributed
 from pets.errors import PetsError
 from pets.train import Compute, SmoothedLoss, adamw, param_groups
 
@@ -50,7 +51,7 @@ def sweep(
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            value = loss.item()
+            value = (distributed.reduce_sum(loss.detach().float()) / distributed.size()).item()
             smooth = smoothed.update(value)
             rows.append((lr, value, smooth))
             best = min(best, smooth)

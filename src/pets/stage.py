@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
+from pets import distributed
 from pets.config import Params, load_params
 from pets.errors import PetsError
 from pets.tracking import Tracker, stage_run
@@ -29,6 +30,19 @@ def stage_parser(doc: str | None) -> argparse.ArgumentParser:
         help="params file (default: %(default)s)",
     )
     return parser
+
+
+# Stages that train, and so run data-parallel under `launch.processes` > 1.
+DATA_PARALLEL = ("train_frozen", "lr_find", "finetune", "train_resnet50")
+
+
+def stage_arguments(args: argparse.Namespace) -> dict:
+    """The command line's inputs and outputs as keyword arguments of the stage's `main`
+    (`--params` aside; `--threads 0` resolved to every core)."""
+    arguments = {key: value for key, value in vars(args).items() if key != "params"}
+    if "threads" in arguments:
+        arguments["threads"] = worker_threads(arguments["threads"])
+    return arguments
 
 
 def worker_threads(requested: int) -> int:
@@ -57,11 +71,17 @@ def run_stage(
     signal.signal(signal.SIGTERM, _terminate)
     try:
         params = load_params(params_path)
+        if stage in DATA_PARALLEL and params.launch.processes > 1 and distributed.size() == 1:
+            distributed.relaunch(params.launch.processes)
         project = params_path.resolve().parent
         start = time.perf_counter()
-        with stage_run(stage, params, project, inputs, outputs) as tracker:
-            body(params, tracker)
-        print(f"{stage}: done in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+        if distributed.is_main():
+            with stage_run(stage, params, project, inputs, outputs) as tracker:
+                body(params, tracker)
+            print(f"{stage}: done in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+        else:  # one MLflow run and one set of outputs, from process 0
+            body(params, Tracker())
+        distributed.stop()
     except PetsError as exc:
         print(f"{stage}: error: {exc}", file=sys.stderr)
         sys.exit(1)
@@ -70,11 +90,22 @@ def run_stage(
         sys.exit(130)
 
 
-def training_arguments(parser: argparse.ArgumentParser, model: str) -> argparse.ArgumentParser:
-    """The inputs and outputs every training stage takes; `model` names its outputs."""
+def data_arguments(
+    parser: argparse.ArgumentParser, checkpoint: str | None = None
+) -> argparse.ArgumentParser:
+    """The data inputs of every stage that runs a model (split, classes, pixel cache), and
+    `--checkpoint` defaulting to `models/<checkpoint>.pth` when the stage reads one."""
+    if checkpoint:
+        parser.add_argument("--checkpoint", type=Path, default=Path(f"models/{checkpoint}.pth"))
     parser.add_argument("--split", type=Path, default=Path("data/split.csv"))
     parser.add_argument("--classes", type=Path, default=Path("data/classes.json"))
     parser.add_argument("--cache", type=Path, default=Path("data/cache"), help="pixel cache")
+    return parser
+
+
+def training_arguments(parser: argparse.ArgumentParser, model: str) -> argparse.ArgumentParser:
+    """The inputs and outputs every training stage takes; `model` names its outputs."""
+    data_arguments(parser)
     parser.add_argument("--model", type=Path, default=Path(f"models/{model}.pth"))
     parser.add_argument("--metrics", type=Path, default=Path(f"metrics/{model}.json"))
     parser.add_argument(
@@ -89,5 +120,7 @@ def training_arguments(parser: argparse.ArgumentParser, model: str) -> argparse.
         default=Path(f"reports/{model}/model.json"),
         help="what the model is: arch, weights, size, learning rates",
     )
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads for tensor maths")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="CPU threads for tensor maths; 0: every core"
+    )
     return parser

@@ -19,8 +19,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from pets import distributed
 from pets.errors import PetsError
 from pets.files import atomic_path
 from pets.model import layer_groups, norm_parameters
@@ -142,7 +144,7 @@ def _progress(total: int, description: str) -> tqdm:
         desc=description,
         leave=False,
         file=sys.stderr,
-        disable=None,
+        disable=None if distributed.is_main() else True,
         mininterval=0.5,
         dynamic_ncols=True,
     )
@@ -174,9 +176,11 @@ def train_one_epoch(
             scheduler.step()
             losses.append(loss.detach())
             bar.update()
-    # One transfer at the end instead of a GPU sync every batch.
-    for loss in torch.stack(losses).float().cpu().tolist() if losses else []:
-        value = smoothed.update(loss)
+    # One transfer at the end instead of a GPU sync every batch; averaged over processes.
+    if losses:
+        averaged = distributed.reduce_sum(torch.stack(losses).float()) / distributed.size()
+        for loss in averaged.cpu().tolist():
+            value = smoothed.update(loss)
     if not math.isfinite(value):
         raise PetsError("training diverged (the loss is not finite); lower the learning rate")
     return value
@@ -198,12 +202,20 @@ def predict(model: nn.Module, loader: Any, compute: Compute) -> torch.Tensor:
 
 
 def evaluate(model: nn.Module, loader: Any, compute: Compute) -> tuple[float, float]:
-    """(valid_loss, error_rate) over the validation loader."""
+    """(valid_loss, error_rate) over the validation loader (every process's share, summed)."""
     logits = predict(model, loader, compute)
-    targets = loader.targets
-    loss = F.cross_entropy(logits, targets).item()
-    error = (logits.argmax(dim=1) != targets).double().mean().item()
-    return loss, error
+    targets = loader.targets_in_order()
+    totals = torch.tensor(
+        [
+            F.cross_entropy(logits, targets, reduction="sum").item() if len(targets) else 0.0,
+            float((logits.argmax(dim=1) != targets).sum()) if len(targets) else 0.0,
+            float(len(targets)),
+        ],
+        dtype=torch.float64,
+        device=compute.device,
+    )
+    loss, wrong, count = distributed.reduce_sum(totals).tolist()
+    return loss / count, wrong / count
 
 
 def compiled(model: nn.Module, compute: Compute) -> nn.Module:
@@ -274,9 +286,14 @@ def fit_one_cycle(
     }
     state = resume(parts) if resume else FitState()
     runner = compiled(model, compute) if compile_model else model
-    print(HEADER, flush=True)
+    if distributed.size() > 1:  # gradients averaged across processes after each backward
+        runner = DistributedDataParallel(
+            runner, device_ids=[compute.device.index] if compute.device.type == "cuda" else None
+        )
+    show = print if distributed.is_main() else lambda *args, **kwargs: None
+    show(HEADER, flush=True)
     for row in state.history:
-        print(row.line(), "(resumed)", flush=True)
+        show(row.line(), "(resumed)", flush=True)
         if on_epoch:  # this run's tracker gets the whole table
             on_epoch(row)
     for epoch in range(state.epoch, epochs):
@@ -290,7 +307,7 @@ def fit_one_cycle(
         state.epoch = epoch + 1
         if checkpoint:  # saved before the row is shown: a shown row is never lost
             checkpoint({**parts, "state": state})
-        print(row.line(), flush=True)
+        show(row.line(), flush=True)
         if on_epoch:
             on_epoch(row)
     return state.history

@@ -18,7 +18,7 @@ from pathlib import Path
 from pets.cache import build_cache
 from pets.config import Params
 from pets.labels import read_split
-from pets.stage import run_stage, stage_parser, worker_threads
+from pets.stage import run_stage, stage_arguments, stage_parser
 from pets.tracking import Tracker
 
 
@@ -59,14 +59,7 @@ def cli(argv: list[str] | None = None) -> None:
     run_stage(
         "cache",
         args.params,
-        lambda params, tracker: main(
-            params,
-            dataset=args.dataset,
-            split=args.split,
-            cache=args.cache,
-            threads=worker_threads(args.threads),
-            tracker=tracker,
-        ),
+        lambda params, tracker: main(params, tracker=tracker, **stage_arguments(args)),
         inputs=[args.dataset, args.split],
         outputs=[args.cache],
     )

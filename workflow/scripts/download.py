@@ -16,7 +16,7 @@ from pathlib import Path
 from pets.archive import archive_name, count_files, extract, fetch
 from pets.config import Params
 from pets.files import write_json
-from pets.stage import run_stage, stage_parser
+from pets.stage import run_stage, stage_arguments, stage_parser
 from pets.tracking import Tracker
 
 
@@ -54,9 +54,7 @@ def cli(argv: list[str] | None = None) -> None:
     run_stage(
         "download",
         args.params,
-        lambda params, tracker: main(
-            params, dataset=args.dataset, manifest=args.manifest, tracker=tracker
-        ),
+        lambda params, tracker: main(params, tracker=tracker, **stage_arguments(args)),
         inputs=[],
         outputs=[args.dataset, args.manifest],
     )

@@ -20,7 +20,7 @@ from pets.config import Params
 from pets.errors import PetsError
 from pets.files import read_json
 from pets.learner import clear_resume, load_learner, resume_path, unfreeze_learner, write_outputs
-from pets.stage import run_stage, stage_parser, training_arguments
+from pets.stage import run_stage, stage_arguments, stage_parser, training_arguments
 from pets.tracking import Tracker
 from pets.train import threads as torch_threads
 
@@ -90,20 +90,7 @@ def cli(argv: list[str] | None = None) -> None:
     run_stage(
         "finetune",
         args.params,
-        lambda params, tracker: main(
-            params,
-            checkpoint=args.checkpoint,
-            lr_find=args.lr_find,
-            split=args.split,
-            classes=args.classes,
-            cache=args.cache,
-            model=args.model,
-            metrics=args.metrics,
-            history=args.history,
-            model_info=args.model_info,
-            threads=args.threads,
-            tracker=tracker,
-        ),
+        lambda params, tracker: main(params, tracker=tracker, **stage_arguments(args)),
         inputs=[args.checkpoint, args.lr_find, args.split, args.classes, args.cache],
         outputs=[args.model, args.metrics],
     )

@@ -20,7 +20,7 @@ from pets.config import Params
 from pets.files import write_csv
 from pets.interpret import predictions_table
 from pets.learner import load_learner
-from pets.stage import run_stage, stage_parser
+from pets.stage import data_arguments, run_stage, stage_arguments, stage_parser
 from pets.tracking import Tracker
 from pets.train import predict
 from pets.train import threads as torch_threads
@@ -64,26 +64,16 @@ def main(
 def cli(argv: list[str] | None = None) -> None:
     """Command line: `python workflow/scripts/get_preds.py --help`."""
     parser = stage_parser(__doc__)
-    parser.add_argument("--checkpoint", type=Path, default=Path("models/stage-1.pth"))
-    parser.add_argument("--split", type=Path, default=Path("data/split.csv"))
-    parser.add_argument("--classes", type=Path, default=Path("data/classes.json"))
-    parser.add_argument("--cache", type=Path, default=Path("data/cache"))
+    data_arguments(parser, checkpoint="stage-1")
     parser.add_argument("--predictions", type=Path, default=Path("reports/stage-1/predictions.csv"))
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads for tensor maths")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="CPU threads for tensor maths; 0: every core"
+    )
     args = parser.parse_args(argv)
     run_stage(
         f"get_preds@{args.checkpoint.stem}",
         args.params,
-        lambda params, tracker: main(
-            params,
-            checkpoint=args.checkpoint,
-            split=args.split,
-            classes=args.classes,
-            cache=args.cache,
-            predictions=args.predictions,
-            threads=args.threads,
-            tracker=tracker,
-        ),
+        lambda params, tracker: main(params, tracker=tracker, **stage_arguments(args)),
         inputs=[args.checkpoint, args.split, args.classes, args.cache],
         outputs=[args.predictions],
     )

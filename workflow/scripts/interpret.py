@@ -28,7 +28,7 @@ from pets.errors import PetsError
 from pets.files import write_csv, write_json
 from pets.interpret import confusion_matrix, most_confused, per_class, summary, top_losses
 from pets.plots import confusion_matrix_plot, image_grid, save
-from pets.stage import run_stage, stage_parser
+from pets.stage import run_stage, stage_arguments, stage_parser
 from pets.tracking import Tracker
 
 FILES = (
@@ -135,16 +135,7 @@ def cli(argv: list[str] | None = None) -> None:
     run_stage(
         f"interpret@{args.name}",
         args.params,
-        lambda params, tracker: main(
-            params,
-            name=args.name,
-            predictions=args.predictions,
-            classes=args.classes,
-            cache=args.cache,
-            out=args.out,
-            metrics=args.metrics,
-            tracker=tracker,
-        ),
+        lambda params, tracker: main(params, tracker=tracker, **stage_arguments(args)),
         inputs=[args.predictions, args.classes, args.cache],
         outputs=[args.metrics],
     )

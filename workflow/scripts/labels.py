@@ -18,7 +18,7 @@ from pathlib import Path
 from pets.config import Params
 from pets.files import write_csv, write_json
 from pets.labels import label_dataset
-from pets.stage import run_stage, stage_parser, worker_threads
+from pets.stage import run_stage, stage_arguments, stage_parser
 from pets.tracking import Tracker
 
 
@@ -78,15 +78,7 @@ def cli(argv: list[str] | None = None) -> None:
     run_stage(
         "labels",
         args.params,
-        lambda params, tracker: main(
-            params,
-            dataset=args.dataset,
-            split=args.split,
-            classes=args.classes,
-            quality=args.quality,
-            threads=worker_threads(args.threads),
-            tracker=tracker,
-        ),
+        lambda params, tracker: main(params, tracker=tracker, **stage_arguments(args)),
         inputs=[args.dataset],
         outputs=[args.split, args.classes, args.quality],
     )

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pets import distributed
 from pets.config import Params
 from pets.files import write_csv, write_json
 from pets.learner import load_learner, unfreeze_learner
 from pets.lr_find import suggest, sweep
 from pets.plots import lr_find_plot, save
-from pets.stage import run_stage, stage_parser
+from pets.stage import data_arguments, run_stage, stage_arguments, stage_parser
 from pets.tracking import Tracker
 from pets.train import threads as torch_threads
 
@@ -58,6 +59,8 @@ def main(
             stop_div=cfg.stop_div,
         )
     found = suggest(table, cfg.num_it)
+    if not distributed.is_main():  # one set of outputs, from process 0
+        return
     write_csv(curve, table)
     save(lr_find_plot(table, found), figure)
     write_json(suggestions, found)
@@ -73,30 +76,18 @@ def main(
 def cli(argv: list[str] | None = None) -> None:
     """Command line: `python workflow/scripts/lr_find.py --help`."""
     parser = stage_parser(__doc__)
-    parser.add_argument("--checkpoint", type=Path, default=Path("models/stage-1.pth"))
-    parser.add_argument("--split", type=Path, default=Path("data/split.csv"))
-    parser.add_argument("--classes", type=Path, default=Path("data/classes.json"))
-    parser.add_argument("--cache", type=Path, default=Path("data/cache"))
+    data_arguments(parser, checkpoint="stage-1")
     parser.add_argument("--curve", type=Path, default=Path("reports/lr_find.csv"))
     parser.add_argument("--figure", type=Path, default=Path("reports/lr_find.png"))
     parser.add_argument("--suggestions", type=Path, default=Path("metrics/lr_find.json"))
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads for tensor maths")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="CPU threads for tensor maths; 0: every core"
+    )
     args = parser.parse_args(argv)
     run_stage(
         "lr_find",
         args.params,
-        lambda params, tracker: main(
-            params,
-            checkpoint=args.checkpoint,
-            split=args.split,
-            classes=args.classes,
-            cache=args.cache,
-            curve=args.curve,
-            figure=args.figure,
-            suggestions=args.suggestions,
-            threads=args.threads,
-            tracker=tracker,
-        ),
+        lambda params, tracker: main(params, tracker=tracker, **stage_arguments(args)),
         inputs=[args.checkpoint, args.split, args.classes, args.cache],
         outputs=[args.suggestions],
     )

@@ -19,7 +19,7 @@ from pets.cache import PixelCache
 from pets.config import Params
 from pets.labels import read_split
 from pets.plots import image_grid, save
-from pets.stage import run_stage, stage_parser
+from pets.stage import run_stage, stage_arguments, stage_parser
 from pets.tracking import Tracker
 from pets.transforms import IMAGENET_MEAN, IMAGENET_STD, augment, draw, normalize
 
@@ -66,9 +66,7 @@ def cli(argv: list[str] | None = None) -> None:
     run_stage(
         "preview",
         args.params,
-        lambda params, tracker: main(
-            params, split=args.split, cache=args.cache, figure=args.figure, tracker=tracker
-        ),
+        lambda params, tracker: main(params, tracker=tracker, **stage_arguments(args)),
         inputs=[args.split, args.cache],
         outputs=[args.figure],
     )

@@ -23,7 +23,7 @@ import pandas as pd
 from pets.cache import PixelCache
 from pets.config import Params
 from pets.files import atomic_path, read_json, write_csv
-from pets.interpret import flips
+from pets.interpret import flips as flipped_between
 from pets.report import (
     comparison_section,
     data_section,
@@ -33,7 +33,7 @@ from pets.report import (
     thumbnail_uri,
     training_section,
 )
-from pets.stage import run_stage, stage_parser
+from pets.stage import run_stage, stage_arguments, stage_parser
 from pets.tracking import Tracker
 
 
@@ -45,14 +45,14 @@ def main(
     metrics: Path,
     cache: Path,
     out: Path,
-    flips_csv: Path,
+    flips: Path,
     tracker: Tracker | None = None,
 ) -> None:
     """Gather every stage's outputs into the page."""
     tracker = tracker or Tracker()
     results = [read_model_report(name, reports, metrics) for name in models]
     flipped = {
-        (a.name, b.name): flips(a.predictions, b.predictions)
+        (a.name, b.name): flipped_between(a.predictions, b.predictions)
         for a, b in itertools.pairwise(results)
     }
     listed = pd.concat(
@@ -78,7 +78,7 @@ def main(
         models_section(results),
         comparison_section(results, flipped, pictures, params.report.flips_shown),
     ]
-    write_csv(flips_csv, listed)
+    write_csv(flips, listed)
     with atomic_path(out) as tmp:
         tmp.write_text(page("pets: Lesson 1, which breed is this?", sections))
     best = min(results, key=lambda m: m.numbers["error_rate"])
@@ -88,7 +88,7 @@ def main(
     )
     tracker.log_metrics({f"error_rate_{m.name}": m.numbers["error_rate"] for m in results})
     tracker.log_artifact(out)
-    tracker.log_artifact(flips_csv)
+    tracker.log_artifact(flips)
     tracker.set_tags({"pets.models": json.dumps(models)})
 
 
@@ -105,16 +105,7 @@ def cli(argv: list[str] | None = None) -> None:
     run_stage(
         "report",
         args.params,
-        lambda params, tracker: main(
-            params,
-            models=args.models,
-            reports=args.reports,
-            metrics=args.metrics,
-            cache=args.cache,
-            out=args.out,
-            flips_csv=args.flips,
-            tracker=tracker,
-        ),
+        lambda params, tracker: main(params, tracker=tracker, **stage_arguments(args)),
         inputs=[args.metrics / f"{m}.json" for m in args.models]
         + [args.reports / m / "predictions.csv" for m in args.models],
         outputs=[args.out, args.flips],

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pets.config import Params
 from pets.learner import clear_resume, create_learner, resume_path, write_outputs
-from pets.stage import run_stage, stage_parser, training_arguments
+from pets.stage import run_stage, stage_arguments, stage_parser, training_arguments
 from pets.tracking import Tracker
 from pets.train import threads as torch_threads
 
@@ -80,18 +80,7 @@ def cli(argv: list[str] | None = None) -> None:
     run_stage(
         "train_frozen",
         args.params,
-        lambda params, tracker: main(
-            params,
-            split=args.split,
-            classes=args.classes,
-            cache=args.cache,
-            model=args.model,
-            metrics=args.metrics,
-            history=args.history,
-            model_info=args.model_info,
-            threads=args.threads,
-            tracker=tracker,
-        ),
+        lambda params, tracker: main(params, tracker=tracker, **stage_arguments(args)),
         inputs=[args.split, args.classes, args.cache],
         outputs=[args.model, args.metrics],
     )

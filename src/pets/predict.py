@@ -1,0 +1,144 @@
+"""Using a trained model on photos (`pets predict`): the model loaded without pickle, each
+photo decoded and cropped exactly as validation saw it, batched inference on the GPU or CPU, and
+optional test-time augmentation (the lesson's flips and crops, averaged)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from pets.export import SPEC, load_exported, spec_of
+from pets.images import find_images, load_rgb
+from pets.train import Compute, pick_compute
+from pets.transforms import Draw, augment, centre_draw, normalize
+
+
+def load_model(path: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """An export folder (or its model.json) or a training checkpoint (.pth), as (model in eval
+    mode on the CPU, spec)."""
+    if path.is_dir() or path.name == SPEC:
+        return load_exported(path if path.is_dir() else path.parent)
+    from pets.learner import load_trained_model
+
+    model, info = load_trained_model(path, "predict")
+    return model, spec_of(info)
+
+
+def tta_views(batch: int) -> list[Draw]:
+    """Test-time views: the centre crop, its mirror, and crops at both ends of the long side
+    (the lesson's flips and crops)."""
+    centre = centre_draw(batch)
+    flipped = dataclasses.replace(centre, dihedral=torch.ones(batch, dtype=torch.long))
+    start = dataclasses.replace(centre, crop_x=torch.zeros(batch), crop_y=torch.zeros(batch))
+    end = dataclasses.replace(centre, crop_x=torch.ones(batch), crop_y=torch.ones(batch))
+    return [centre, flipped, start, end]
+
+
+@dataclass
+class Prediction:
+    """One photo's top classes with probabilities, or why it could not be read."""
+
+    path: str
+    top: list[tuple[str, float]]
+    error: str = ""
+
+
+def _decode(path: Path, presize: int) -> tuple[np.ndarray, tuple[int, int]] | str:
+    try:
+        image = np.asarray(load_rgb(path, longest=presize))
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError, ValueError) as exc:
+        return f"cannot read {path}: {exc}"
+    canvas = np.zeros((presize, presize, 3), np.uint8)
+    height, width = image.shape[:2]
+    canvas[:height, :width] = image
+    return canvas, (height, width)
+
+
+class Predictor:
+    """A model ready for photos: `predict(paths)` yields a `Prediction` per photo, in order."""
+
+    def __init__(
+        self,
+        model_path: Path,
+        device: str = "auto",
+        precision: str = "auto",
+        bs: int = 32,
+        tta: bool = False,
+        top_k: int = 3,
+        threads: int = 4,
+    ) -> None:
+        model, self.spec = load_model(model_path)
+        self.compute: Compute = pick_compute(device, precision)
+        self.model = model.to(self.compute.device, memory_format=torch.channels_last).eval()
+        self.classes: list[str] = self.spec["classes"]
+        self.bs, self.tta, self.top_k, self.threads = (
+            bs,
+            tta,
+            min(top_k, len(self.classes)),
+            threads,
+        )
+
+    @torch.inference_mode()
+    def probabilities(self, canvases: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
+        """Class probabilities (batch, classes) for canvases already decoded, averaged over the
+        test-time views when asked for."""
+        canvases = canvases.to(self.compute.device, non_blocking=True)
+        sizes = sizes.to(self.compute.device, non_blocking=True)
+        views = tta_views(len(canvases)) if self.tta else [centre_draw(len(canvases))]
+        total = None
+        for view in views:
+            images = normalize(
+                augment(canvases, sizes, self.spec["size"], view),
+                tuple(self.spec["mean"]),
+                tuple(self.spec["std"]),
+            )
+            with self.compute.autocast():
+                logits = self.model(images.contiguous(memory_format=torch.channels_last))
+            probs = torch.softmax(logits.float(), dim=1)
+            total = probs if total is None else total + probs
+        return (total / len(views)).cpu()
+
+    def predict(self, paths: Sequence[Path]) -> Iterator[Prediction]:
+        """Predictions for `paths`, decoded in parallel threads a batch at a time; unreadable
+        files give a `Prediction` with an error and do not stop the others."""
+        presize = self.spec["presize"]
+        with ThreadPoolExecutor(max_workers=max(1, self.threads)) as pool:
+            for start in range(0, len(paths), self.bs):
+                chunk = paths[start : start + self.bs]
+                decoded = list(pool.map(lambda p: _decode(p, presize), chunk))
+                good = [i for i, d in enumerate(decoded) if not isinstance(d, str)]
+                results: dict[int, list[tuple[str, float]]] = {}
+                if good:
+                    canvases = torch.from_numpy(np.stack([decoded[i][0] for i in good]))
+                    sizes = torch.tensor([decoded[i][1] for i in good], dtype=torch.float32)
+                    probs = self.probabilities(canvases, sizes)
+                    values, indices = probs.topk(self.top_k, dim=1)
+                    for row, index in enumerate(good):
+                        results[index] = [
+                            (self.classes[c], float(v))
+                            for v, c in zip(
+                                values[row].tolist(), indices[row].tolist(), strict=True
+                            )
+                        ]
+                for index, path in enumerate(chunk):
+                    if index in results:
+                        yield Prediction(str(path), results[index])
+                    else:
+                        yield Prediction(str(path), [], decoded[index])
+
+
+def photo_paths(arguments: Sequence[Path]) -> list[Path]:
+    """The photos named: files as given (a missing one becomes an error row, not a stop),
+    folders searched recursively by image extension."""
+    paths: list[Path] = []
+    for argument in arguments:
+        paths += find_images(argument) if argument.is_dir() else [argument]
+    return paths
