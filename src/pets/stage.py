@@ -4,6 +4,7 @@ codes, and its MLflow run."""
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import signal
 import sys
@@ -69,6 +70,10 @@ def run_stage(
     `inputs` and `outputs`), run `body`; a `PetsError` becomes one line on stderr and exit
     status 1, an interrupt exit status 130."""
     signal.signal(signal.SIGTERM, _terminate)
+    # Logs are files: flush each line, so stdout and stderr interleave in the order they
+    # happened and `tail -f logs/...` shows the epoch table as it grows.
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(line_buffering=True)
     try:
         params = load_params(params_path)
         if stage in DATA_PARALLEL and params.launch.processes > 1 and distributed.size() == 1:
