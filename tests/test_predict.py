@@ -3,14 +3,18 @@ interpretation stage, reports unreadable photos without stopping, and writes eve
 
 from __future__ import annotations
 
+import io
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
 
 from pets.export import SPEC, WEIGHTS, load_exported
 from pets.predict import Predictor, photo_paths
@@ -80,3 +84,82 @@ def test_photo_paths_walk_folders(tmp_path: Path) -> None:
         tmp_path / "a" / "x.jpg",
         tmp_path / "y.png",
     ]
+
+
+def _broken_png(path: Path) -> None:
+    """A PNG whose second data chunk is damaged: Pillow raises SyntaxError, not OSError."""
+    pixels = np.random.default_rng(0).integers(0, 255, (256, 256, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG", compress_level=0)
+    data = bytearray(buffer.getvalue())
+    second = data.find(b"IDAT", data.find(b"IDAT") + 4)
+    data[second : second + 4] = b"\x00\x01\x02\x03"
+    path.write_bytes(bytes(data))
+
+
+def test_predict_refuses_bad_models_options_and_folders(snakemade: Path, tmp_path: Path) -> None:
+    photo = tmp_path / "Bengal_2.jpg"
+    photo.write_bytes((snakemade / "data/dataset/images/Bengal_2.jpg").read_bytes())
+    _broken_png(tmp_path / "damaged.png")
+    export = snakemade / "models/export"
+    mixed = _pets("predict", str(export), str(photo), str(tmp_path / "damaged.png"))
+    assert mixed.returncode == 1 and "Traceback" not in mixed.stderr
+    assert "damaged.png  error: cannot read" in mixed.stdout.splitlines()[1]
+    for option in ("--top-k", "--bs"):
+        bad = _pets("predict", str(export), str(photo), option, "0")
+        assert bad.returncode == 2 and f"{option}: '0' is not a whole number" in bad.stderr
+    (tmp_path / "empty").mkdir()
+    empty = _pets("predict", str(export), str(tmp_path / "empty"))
+    assert empty.returncode == 1
+    assert empty.stderr.strip().endswith("empty: no photos in this folder")
+    damaged = tmp_path / "export"
+    shutil.copytree(export, damaged)
+    (damaged / WEIGHTS).write_bytes((export / WEIGHTS).read_bytes()[:1000])
+    truncated = _pets("predict", str(damaged), str(photo))
+    assert truncated.returncode == 1 and len(truncated.stderr.strip().splitlines()) == 1
+    assert f"{damaged / WEIGHTS}: cannot be read" in truncated.stderr
+    spec = json.loads((export / SPEC).read_text())
+    del spec["classes"]
+    (damaged / SPEC).write_text(json.dumps(spec))
+    lacking = _pets("predict", str(damaged), str(photo))
+    assert lacking.returncode == 1 and "lacks classes; export the model again" in lacking.stderr
+
+
+def _export(project: Path, out: Path, export: str) -> subprocess.CompletedProcess[str]:
+    (out / "params.yaml").write_text(f"tracking: {{enabled: false}}\nexport: {export}\n")
+    return subprocess.run(
+        [
+            sys.executable,
+            "workflow/scripts/export.py",
+            *("--params", str(out / "params.yaml"), "--checkpoint", "models/stage-1.pth"),
+            *("--out", str(out / "export"), "--checks", str(out / "checks.json")),
+        ],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        env=tool_env(),
+    )
+
+
+def test_export_checks_a_single_photo_and_holds_its_tolerance(
+    snakemade: Path, tmp_path: Path
+) -> None:
+    one = _export(snakemade, tmp_path, "{model: stage-1, check_images: 1}")
+    assert one.returncode == 0, one.stderr[-2000:]
+    checks = json.loads((tmp_path / "checks.json").read_text())
+    assert checks["images"] == 1 and set(checks["max_abs_difference"]) == {
+        "safetensors",
+        "torchscript",
+        "onnx",
+    }
+    assert all(value <= 1e-3 for value in checks["max_abs_difference"].values())
+    shutil.rmtree(tmp_path / "export")
+    (tmp_path / "checks.json").unlink()
+    strict = _export(snakemade, tmp_path, "{model: stage-1, tolerance: 1.0e-12}")
+    if strict.returncode == 0:  # every copy matched to the last bit: nothing to refuse
+        differences = json.loads((tmp_path / "checks.json").read_text())["max_abs_difference"]
+        assert max(differences.values()) <= 1e-12
+    else:
+        assert strict.stderr.strip().splitlines()[-1].startswith("export: error: ")
+        assert "(export.tolerance 1e-12)" in strict.stderr
+        assert not (tmp_path / "export").exists() and not (tmp_path / "checks.json").exists()

@@ -387,3 +387,32 @@ def test_two_gloo_processes_train_data_parallel(photos, lite0, tmp_path: Path) -
         assert len(pd.read_csv(out / "h.csv")) == 4
     assert results[2]["error_rate"] < 0.6  # it learned
     assert abs(results[2]["error_rate"] - results[1]["error_rate"]) <= 0.2
+    # lr_find too trains one model across the processes (DDP), and writes its outputs once.
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    (sweep / "params.yaml").write_text(
+        "tracking: {enabled: false}\nlaunch: {processes: 2}\nlr_find: {bs: 4, num_it: 12}\n"
+    )
+    arguments = {
+        "params": sweep / "params.yaml",
+        "checkpoint": tmp_path / "p1/m.pth",
+        **{key: photos[key] for key in ("split", "classes", "cache")},
+        "curve": sweep / "curve.csv",
+        "figure": sweep / "curve.png",
+        "suggestions": sweep / "lr.json",
+        "threads": 1,
+    }
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "workflow/scripts/lr_find.py"),
+            *(part for key, value in arguments.items() for part in (f"--{key}", str(value))),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.stdout.count("SuggestedLRs(") == 1
+    assert len(pd.read_csv(sweep / "curve.csv")) == 12
+    assert set(json.loads((sweep / "lr.json").read_text())) >= {"valley"}

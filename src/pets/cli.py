@@ -176,6 +176,17 @@ def print_predictions(args: argparse.Namespace) -> int:
     return sum(1 for r in results if r.error)
 
 
+def positive(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return value
+
+
 def main(argv: list[str] | None = None) -> None:
     """`pets --help`."""
     parser = argparse.ArgumentParser(
@@ -201,12 +212,19 @@ def main(argv: list[str] | None = None) -> None:
     )
     predict.add_argument("model", type=Path, help="export folder or .pth checkpoint")
     predict.add_argument("photos", type=Path, nargs="+", help="photos or folders of photos")
-    predict.add_argument("--top-k", type=int, default=3)
+    predict.add_argument(
+        "--top-k", type=positive, default=3, help="classes shown per photo (default: 3)"
+    )
     predict.add_argument(
         "--tta", action="store_true", help="average the centre crop, its mirror and both end crops"
     )
-    predict.add_argument("--bs", type=int, default=32, help="photos per batch")
-    predict.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    predict.add_argument("--bs", type=positive, default=32, help="photos per batch")
+    predict.add_argument(
+        "--device",
+        choices=("auto", "cuda", "cpu"),
+        default="auto",
+        help="auto: the GPU when there is one",
+    )
     form = predict.add_mutually_exclusive_group()
     form.add_argument("--json", action="store_true", help="JSON output")
     form.add_argument("--csv", action="store_true", help="CSV output")

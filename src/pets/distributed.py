@@ -47,6 +47,21 @@ def relaunch(processes: int) -> NoReturn:
     os.execv(sys.executable, command)
 
 
+def check_gpus(processes: int) -> None:
+    """One process per GPU: raises `PetsError` naming `launch.processes` when this machine has
+    fewer GPUs than processes."""
+    import torch
+
+    from pets.errors import PetsError
+
+    gpus = torch.cuda.device_count()
+    if processes > gpus:
+        raise PetsError(
+            f"launch.processes: {processes} processes need {processes} GPUs, this machine has "
+            f"{gpus} (use one process per GPU, or device: cpu)"
+        )
+
+
 def start(compute: Compute) -> Compute:
     """Join the process group when distributed; on CUDA each process takes GPU `LOCAL_RANK`."""
     import torch
@@ -56,6 +71,7 @@ def start(compute: Compute) -> Compute:
         return compute
     device = compute.device
     if device.type == "cuda":
+        check_gpus(int(os.environ.get("LOCAL_WORLD_SIZE", size())))
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
@@ -68,6 +84,15 @@ def stop() -> None:
 
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def broadcast_buffers(model: torch.nn.Module) -> None:
+    """Give every process process 0's buffers (BatchNorm's running statistics)."""
+    import torch.distributed as dist
+
+    if size() > 1 and dist.is_initialized():
+        for buffer in model.buffers():
+            dist.broadcast(buffer, 0)
 
 
 def reduce_sum(tensor: torch.Tensor) -> torch.Tensor:

@@ -58,6 +58,7 @@ def save_weights(model: nn.Module, spec: dict[str, Any], folder: Path) -> None:
 
 def load_exported(folder: Path) -> tuple[nn.Module, dict[str, Any]]:
     """The model an export folder holds (in eval mode, on the CPU) and its spec."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     try:
@@ -68,11 +69,15 @@ def load_exported(folder: Path) -> tuple[nn.Module, dict[str, Any]]:
         ) from None
     except json.JSONDecodeError as exc:
         raise PetsError(f"{folder / SPEC}: not valid JSON ({exc})") from None
-    if spec.get("format") != SPEC_FORMAT:
-        raise PetsError(f"{folder / SPEC}: not a pets export (format {spec.get('format')!r})")
+    if not isinstance(spec, dict) or spec.get("format") != SPEC_FORMAT:
+        found = spec.get("format") if isinstance(spec, dict) else None
+        raise PetsError(f"{folder / SPEC}: not a pets export (format {found!r})")
+    missing = [key for key in SPEC_KEYS if key not in spec]
+    if missing:
+        raise PetsError(f"{folder / SPEC}: lacks {', '.join(missing)}; export the model again")
     try:
         state = load_file(str(folder / WEIGHTS))
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, SafetensorError) as exc:
         raise PetsError(f"{folder / WEIGHTS}: cannot be read ({exc})") from None
     model = create_cnn(create_body(spec["arch"], "none"), len(spec["classes"]))
     try:

@@ -166,10 +166,12 @@ def resume_path(model: Path, phase: int = 0) -> Path:
 
 
 def clear_resume(model: Path) -> None:
-    """Forget the per-epoch states once the model is written."""
+    """Forget the per-epoch states once the model is written (by process 0 only)."""
+    if not distributed.is_main():
+        return
     folder = model.parent / ".resume"
     for path in folder.glob(f"{model.stem}-*.pth"):
-        path.unlink()
+        path.unlink(missing_ok=True)
     if folder.is_dir() and not any(folder.iterdir()):
         folder.rmdir()
 
@@ -333,7 +335,7 @@ def write_outputs(
     write_json(info_path, description)
     write_json(metrics_path, metrics)
     seconds = float(table["time"].sum())
-    images = len(learner.train) * learner.train.bs * len(history)
+    images = len(learner.train) * learner.train.bs * len(history) * distributed.size()
     tracker.log_metrics(
         {
             "final_error_rate": last.error_rate,

@@ -16,7 +16,7 @@ from torch import nn
 
 from pets import distributed
 from pets.errors import PetsError
-from pets.train import Compute, SmoothedLoss, adamw, param_groups
+from pets.train import Compute, SmoothedLoss, adamw, data_parallel, param_groups
 
 SUGGESTIONS = ("valley", "minimum", "steep", "slide")
 
@@ -41,13 +41,14 @@ def sweep(
     smoothed, best = SmoothedLoss(), math.inf
     rows = []
     model.train()
+    runner = data_parallel(model, compute)  # one model whatever the number of processes
     while len(rows) < num_it:
         for images, targets in loader:
             lr = start_lr * (end_lr / start_lr) ** (len(rows) / num_it)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             with compute.autocast():
-                loss = F.cross_entropy(model(images), targets)
+                loss = F.cross_entropy(runner(images), targets)
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)

@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
+from pets.errors import PetsError
 from pets.export import SPEC, load_exported, spec_of
 from pets.images import find_images, load_rgb
 from pets.train import Compute, pick_compute
@@ -54,7 +54,7 @@ class Prediction:
 def _decode(path: Path, presize: int) -> tuple[np.ndarray, tuple[int, int]] | str:
     try:
         image = np.asarray(load_rgb(path, longest=presize))
-    except (OSError, UnidentifiedImageError, Image.DecompressionBombError, ValueError) as exc:
+    except Exception as exc:  # whatever the decoder raises, it is this photo's problem alone
         return f"cannot read {path}: {exc}"
     canvas = np.zeros((presize, presize, 3), np.uint8)
     height, width = image.shape[:2]
@@ -140,5 +140,11 @@ def photo_paths(arguments: Sequence[Path]) -> list[Path]:
     folders searched recursively by image extension."""
     paths: list[Path] = []
     for argument in arguments:
-        paths += find_images(argument) if argument.is_dir() else [argument]
+        if argument.is_dir():
+            found = find_images(argument)
+            if not found:
+                raise PetsError(f"{argument}: no photos in this folder")
+            paths += found
+        else:
+            paths.append(argument)
     return paths

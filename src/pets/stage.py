@@ -47,10 +47,19 @@ def stage_arguments(args: argparse.Namespace) -> dict:
 
 
 def worker_threads(requested: int) -> int:
-    """`--threads`: the number given, or with 0 every core this process may use."""
+    """`--threads`: the number given, or with 0 every core this process may use (shared
+    among the data-parallel processes on this machine)."""
     if requested > 0:
         return requested
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, (cores or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+
+
+def gpus_present() -> bool:
+    """Whether torch sees a CUDA GPU (imports torch: only for stages that train)."""
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _terminate(signum: int, frame: FrameType | None) -> None:
@@ -77,6 +86,8 @@ def run_stage(
     try:
         params = load_params(params_path)
         if stage in DATA_PARALLEL and params.launch.processes > 1 and distributed.size() == 1:
+            if params.device != "cpu" and gpus_present():
+                distributed.check_gpus(params.launch.processes)
             distributed.relaunch(params.launch.processes)
         project = params_path.resolve().parent
         start = time.perf_counter()

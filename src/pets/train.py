@@ -218,6 +218,16 @@ def evaluate(model: nn.Module, loader: Any, compute: Compute) -> tuple[float, fl
     return loss / count, wrong / count
 
 
+def data_parallel(model: nn.Module, compute: Compute) -> nn.Module:
+    """`model` in DistributedDataParallel when several processes train (gradients averaged
+    across them after each backward); `model` itself otherwise."""
+    if distributed.size() == 1:
+        return model
+    return DistributedDataParallel(
+        model, device_ids=[compute.device.index] if compute.device.type == "cuda" else None
+    )
+
+
 def compiled(model: nn.Module, compute: Compute) -> nn.Module:
     """`torch.compile`d model sharing `model`'s parameters: CUDA graphs ("reduce-overhead") on a
     GPU, inductor's C++ kernels on the CPU. It pays only past a break-even number of images
@@ -285,11 +295,10 @@ def fit_one_cycle(
         "train_loader": train_loader,
     }
     state = resume(parts) if resume else FitState()
-    runner = compiled(model, compute) if compile_model else model
-    if distributed.size() > 1:  # gradients averaged across processes after each backward
-        runner = DistributedDataParallel(
-            runner, device_ids=[compute.device.index] if compute.device.type == "cuda" else None
-        )
+    evaluator = compiled(model, compute) if compile_model else model
+    # Validation runs outside DDP: its forward broadcasts buffers (a collective), and processes
+    # may hold different numbers of validation batches.
+    runner = data_parallel(evaluator, compute)
     show = print if distributed.is_main() else lambda *args, **kwargs: None
     show(HEADER, flush=True)
     for row in state.history:
@@ -301,7 +310,8 @@ def fit_one_cycle(
         train_loss = train_one_epoch(
             runner, train_loader, optimizer, scheduler, state.smoothed, compute, f"epoch {epoch}"
         )
-        valid_loss, error_rate = evaluate(runner, valid_loader, compute)
+        distributed.broadcast_buffers(model)  # every process validates process 0's model
+        valid_loss, error_rate = evaluate(evaluator, valid_loader, compute)
         row = EpochRow(epoch, train_loss, valid_loss, error_rate, time.perf_counter() - start)
         state.history.append(row)
         state.epoch = epoch + 1

@@ -16,6 +16,7 @@ outputs: --out (models/export/), --checks (reports/export.json: the differences)
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -61,6 +62,15 @@ def validation_batch(
     return next(iter(loader))[0].contiguous()
 
 
+def exporting(kind: str, export: Callable[[], None]) -> None:
+    """Run one exporter; its failure becomes one line naming the parameter that asked for it."""
+    try:
+        export()
+    except Exception as exc:  # the exporters raise many types; all mean "this copy failed"
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise PetsError(f"export.{kind}: the exporter failed ({first}); set it to false") from None
+
+
 def main(
     params: Params,
     *,
@@ -84,16 +94,21 @@ def main(
         save_weights(model, spec, folder)
         copies = {"safetensors": lambda: load_exported(folder)[0](images).detach().numpy()}
         if cfg.torchscript:
-            to_torchscript(model, images[:1], folder / TORCHSCRIPT)
+            exporting(
+                "torchscript", lambda: to_torchscript(model, images[:1], folder / TORCHSCRIPT)
+            )
             copies["torchscript"] = lambda: run_torchscript(folder / TORCHSCRIPT, images)
         if cfg.onnx:
-            to_onnx(model, images[:2], folder / ONNX)
+            # A batch of two, so the exporter keeps the batch dimension free.
+            pair = torch.cat([images[:1], images[:1]]) if len(images) < 2 else images[:2]
+            exporting("onnx", lambda: to_onnx(model, pair, folder / ONNX))
             copies["onnx"] = lambda: run_onnx(folder / ONNX, images)
         with torch.no_grad():
             differences = {
                 name: float(abs(run() - reference).max()) for name, run in copies.items()
             }
-        failed = {name: value for name, value in differences.items() if value > cfg.tolerance}
+        # `not <=`: a NaN difference fails too.
+        failed = {n: v for n, v in differences.items() if not v <= cfg.tolerance}
         if failed:
             raise PetsError(
                 f"export: {', '.join(failed)} differ from the PyTorch model by up to "
