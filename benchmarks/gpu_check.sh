@@ -89,6 +89,9 @@ print(f"whole DAG wall time: {end - start:.1f} s; without the download stage "
       f"(extracting the archive, {download:.1f} s): {end - start - download:.1f} s")
 for path in sorted(glob.glob("metrics/*.json")) + sorted(glob.glob("metrics/interpret/*.json")):
     numbers = json.load(open(path))
+    if path.endswith("lr_find.json"):  # the suggestions: {name: {lr, loss}}
+        print(path, {k: f"{v['lr']:.2e}" for k, v in numbers.items()})
+        continue
     keys = ("error_rate", "valid_loss", "error_rate_low", "error_rate_high")
     print(path, {k: round(v, 4) for k, v in numbers.items() if k in keys})
 for path in ("reports/export.json",):
