@@ -387,6 +387,33 @@ def test_two_gloo_processes_train_data_parallel(photos, lite0, tmp_path: Path) -
         assert len(pd.read_csv(out / "h.csv")) == 4
     assert results[2]["error_rate"] < 0.6  # it learned
     assert abs(results[2]["error_rate"] - results[1]["error_rate"]) <= 0.2
+    # One validation photo: process 1 has none to validate, and must not leave process 0
+    # waiting on a collective it never joins.
+    split = pd.read_csv(photos["split"])
+    split = split[~split["is_valid"] | (split.index == split.index[split["is_valid"]][0])]
+    write_csv(tmp_path / "one-valid.csv", split)
+    lonely = tmp_path / "lonely"
+    lonely.mkdir()
+    (lonely / "params.yaml").write_text(
+        "tracking: {enabled: false}\nlaunch: {processes: 2}\n"
+        f"train_frozen: {{{settings.format(lite0, 4).replace('epochs: 4', 'epochs: 1')}}}\n"
+    )
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "workflow/scripts/train_frozen.py"),
+            *("--params", str(lonely / "params.yaml"), "--split", str(tmp_path / "one-valid.csv")),
+            *("--classes", str(photos["classes"]), "--cache", str(photos["cache"])),
+            *("--model", str(lonely / "m.pth"), "--metrics", str(lonely / "m.json")),
+            *("--history", str(lonely / "h.csv"), "--model-info", str(lonely / "i.json")),
+            *("--threads", "1"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert json.loads((lonely / "m.json").read_text())["error_rate"] in (0.0, 1.0)
     # lr_find too trains one model across the processes (DDP), and writes its outputs once.
     sweep = tmp_path / "sweep"
     sweep.mkdir()
