@@ -217,20 +217,9 @@ def test_bad_training_inputs(photos, tmp_path: Path) -> None:
 def test_cuda_without_a_gpu_is_one_line(photos, tmp_path: Path) -> None:
     (tmp_path / "params.yaml").write_text("device: cuda\ntracking: {enabled: false}\n")
     done = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "workflow/scripts/train_frozen.py"),
-            "--params",
-            str(tmp_path / "params.yaml"),
-            "--split",
-            str(photos["split"]),
-            "--classes",
-            str(photos["classes"]),
-            "--cache",
-            str(photos["cache"]),
-            "--model",
-            str(tmp_path / "m.pth"),
-        ],
+        _command(
+            "train_frozen", params=tmp_path / "params.yaml", **photos, model=tmp_path / "m.pth"
+        ),
         capture_output=True,
         text=True,
     )
@@ -254,34 +243,29 @@ def test_compile_runs_the_model_through_torch_compile(photos, tmp_path: Path, mo
     assert calls == [None]  # inductor on a CPU; CUDA graphs ("reduce-overhead") on a GPU
 
 
+def _command(stage: str, **arguments: object) -> list[str]:
+    """`python workflow/scripts/<stage>.py --name value ...` (`model_info` is `--model-info`)."""
+    options = [(f"--{name.replace('_', '-')}", str(value)) for name, value in arguments.items()]
+    script = str(REPO / f"workflow/scripts/{stage}.py")
+    return [sys.executable, script, *(part for option in options for part in option)]
+
+
 def _run_train_frozen(photos: dict[str, Path], out: Path, epochs: int) -> subprocess.Popen:
     (out / "params.yaml").write_text(
         "tracking: {enabled: false}\n"
         f"train_frozen: {{weights: none, arch: resnet34, size: 96, bs: 8, epochs: {epochs}}}\n"
     )
     return subprocess.Popen(
-        [
-            sys.executable,
-            str(REPO / "workflow/scripts/train_frozen.py"),
-            "--params",
-            str(out / "params.yaml"),
-            "--split",
-            str(photos["split"]),
-            "--classes",
-            str(photos["classes"]),
-            "--cache",
-            str(photos["cache"]),
-            "--model",
-            str(out / "models/stage-1.pth"),
-            "--metrics",
-            str(out / "metrics.json"),
-            "--history",
-            str(out / "history.csv"),
-            "--model-info",
-            str(out / "model.json"),
-            "--threads",
-            "2",
-        ],
+        _command(
+            "train_frozen",
+            params=out / "params.yaml",
+            **photos,
+            model=out / "models/stage-1.pth",
+            metrics=out / "metrics.json",
+            history=out / "history.csv",
+            model_info=out / "model.json",
+            threads=2,
+        ),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -338,6 +322,11 @@ def test_a_checkpoint_that_does_not_fit_its_architecture_is_refused(photos, tmp_
 
 def test_two_gloo_processes_train_data_parallel(photos, lite0, tmp_path: Path) -> None:
     settings = "arch: 'timm:tf_efficientnet_lite0', weights: '{}', size: 64, epochs: 4, bs: {}"
+
+    def outputs(out: Path) -> dict[str, object]:
+        names = {"model": "m.pth", "metrics": "m.json", "history": "h.csv", "model_info": "i.json"}
+        return {key: out / name for key, name in names.items()} | {"threads": 1}
+
     results = {}
     for processes, bs in ((1, 8), (2, 4)):  # the same effective batch: 8
         out = tmp_path / f"p{processes}"
@@ -348,28 +337,7 @@ def test_two_gloo_processes_train_data_parallel(photos, lite0, tmp_path: Path) -
             f"train_frozen: {{{settings.format(lite0, bs)}}}\n"
         )
         done = subprocess.run(
-            [
-                sys.executable,
-                str(REPO / "workflow/scripts/train_frozen.py"),
-                "--params",
-                str(out / "params.yaml"),
-                "--split",
-                str(photos["split"]),
-                "--classes",
-                str(photos["classes"]),
-                "--cache",
-                str(photos["cache"]),
-                "--model",
-                str(out / "m.pth"),
-                "--metrics",
-                str(out / "m.json"),
-                "--history",
-                str(out / "h.csv"),
-                "--model-info",
-                str(out / "i.json"),
-                "--threads",
-                "1",
-            ],
+            _command("train_frozen", params=out / "params.yaml", **photos, **outputs(out)),
             capture_output=True,
             text=True,
             timeout=900,
@@ -398,16 +366,9 @@ def test_two_gloo_processes_train_data_parallel(photos, lite0, tmp_path: Path) -
         "tracking: {enabled: false}\nlaunch: {processes: 2}\n"
         f"train_frozen: {{{settings.format(lite0, 4).replace('epochs: 4', 'epochs: 1')}}}\n"
     )
+    one_valid = {**photos, "split": tmp_path / "one-valid.csv"}
     done = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "workflow/scripts/train_frozen.py"),
-            *("--params", str(lonely / "params.yaml"), "--split", str(tmp_path / "one-valid.csv")),
-            *("--classes", str(photos["classes"]), "--cache", str(photos["cache"])),
-            *("--model", str(lonely / "m.pth"), "--metrics", str(lonely / "m.json")),
-            *("--history", str(lonely / "h.csv"), "--model-info", str(lonely / "i.json")),
-            *("--threads", "1"),
-        ],
+        _command("train_frozen", params=lonely / "params.yaml", **one_valid, **outputs(lonely)),
         capture_output=True,
         text=True,
         timeout=300,
@@ -420,21 +381,17 @@ def test_two_gloo_processes_train_data_parallel(photos, lite0, tmp_path: Path) -
     (sweep / "params.yaml").write_text(
         "tracking: {enabled: false}\nlaunch: {processes: 2}\nlr_find: {bs: 4, num_it: 12}\n"
     )
-    arguments = {
-        "params": sweep / "params.yaml",
-        "checkpoint": tmp_path / "p1/m.pth",
-        **{key: photos[key] for key in ("split", "classes", "cache")},
-        "curve": sweep / "curve.csv",
-        "figure": sweep / "curve.png",
-        "suggestions": sweep / "lr.json",
-        "threads": 1,
-    }
     done = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "workflow/scripts/lr_find.py"),
-            *(part for key, value in arguments.items() for part in (f"--{key}", str(value))),
-        ],
+        _command(
+            "lr_find",
+            params=sweep / "params.yaml",
+            checkpoint=tmp_path / "p1/m.pth",
+            **photos,
+            curve=sweep / "curve.csv",
+            figure=sweep / "curve.png",
+            suggestions=sweep / "lr.json",
+            threads=1,
+        ),
         capture_output=True,
         text=True,
         timeout=900,

@@ -16,7 +16,7 @@ import torch
 
 from pets.errors import PetsError
 from pets.files import atomic_path, write_csv
-from pets.images import load_rgb
+from pets.images import load_onto_canvas
 
 PIXELS = "pixels.npy"
 INDEX = "index.csv"
@@ -37,12 +37,9 @@ def build_cache(
 
         def decode(row: int) -> None:
             try:
-                image = np.asarray(load_rgb(dataset / paths[row], longest=size))
+                heights[row], widths[row] = load_onto_canvas(dataset / paths[row], pixels[row])
             except OSError as exc:
                 raise PetsError(f"{dataset / paths[row]}: cannot decode ({exc})") from None
-            height, width = image.shape[:2]
-            pixels[row, :height, :width] = image
-            heights[row], widths[row] = height, width
 
         with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
             list(pool.map(decode, range(len(paths)), chunksize=8))

@@ -49,13 +49,13 @@ def relaunch(processes: int) -> NoReturn:
 
 def check_gpus(processes: int) -> None:
     """One process per GPU: raises `PetsError` naming `launch.processes` when this machine has
-    fewer GPUs than processes."""
+    some GPUs but fewer than processes (with none, the processes share the CPU)."""
     import torch
 
     from pets.errors import PetsError
 
     gpus = torch.cuda.device_count()
-    if processes > gpus:
+    if 0 < gpus < processes:
         raise PetsError(
             f"launch.processes: {processes} processes need {processes} GPUs, this machine has "
             f"{gpus} (use one process per GPU, or device: cpu)"

@@ -58,10 +58,20 @@ def read_json(path: str | os.PathLike[str]) -> Any:
     return json.loads(Path(path).read_text())
 
 
+# md5s already taken by this process, by (path, inode, size, mtime): a stage's MLflow tags and
+# its resume fingerprint hash the same inputs; each file is read once.
+_MD5S: dict[tuple[str, int, int, int], str] = {}
+
+
 def md5_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
-    """The md5 hex digest of a file's bytes, read in chunks."""
-    digest = hashlib.md5()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+    """The md5 hex digest of a file's bytes, read in chunks (once per process while the file
+    stays unchanged)."""
+    status = os.stat(path)
+    key = (os.path.realpath(path), status.st_ino, status.st_size, status.st_mtime_ns)
+    if key not in _MD5S:
+        digest = hashlib.md5()
+        with open(path, "rb") as handle:
+            while block := handle.read(chunk):
+                digest.update(block)
+        _MD5S[key] = digest.hexdigest()
+    return _MD5S[key]

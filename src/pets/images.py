@@ -103,3 +103,13 @@ def load_rgb(path: Path, longest: int | None = None) -> Image.Image:
         if size != rgb.size:
             rgb = rgb.resize(size, Image.Resampling.BILINEAR, reducing_gap=None)
     return rgb
+
+
+def load_onto_canvas(path: Path, canvas: np.ndarray) -> tuple[int, int]:
+    """Decode `path` with its long side the canvas's side and place it at the canvas's top-left
+    (how the pixel cache stores photos, and how `pets predict` reads them); returns its
+    (height, width)."""
+    image = np.asarray(load_rgb(path, longest=canvas.shape[0]))
+    height, width = image.shape[:2]
+    canvas[:height, :width] = image
+    return height, width

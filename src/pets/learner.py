@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -47,7 +48,8 @@ class Learner:
     train: Loader | None  # None when loaded for inference only
     valid: Loader
     compute: Compute  # the device, and bf16 autocast or not
-    fingerprint: str = ""  # what identifies this training's params and inputs (for resuming)
+    # What identifies this training's params and inputs, computed only when a fit resumes.
+    fingerprint: Callable[[], str] = str
 
     @property
     def split(self) -> str:
@@ -83,6 +85,7 @@ class Learner:
 
         # Per-epoch states are one process's; a data-parallel run starts over after a kill.
         keep = resume is not None and distributed.size() == 1
+        fingerprint = self.fingerprint() if keep else ""
         lrs = spread_lr(lr)
         self.info.setdefault("lr", []).append(lrs)
         print(
@@ -101,8 +104,8 @@ class Learner:
                 self.compute,
                 on_epoch=log,
                 compile_model=compile_model,
-                resume=partial(load_resume, resume, self.fingerprint) if keep else None,
-                checkpoint=partial(save_resume, resume, self.fingerprint) if keep else None,
+                resume=partial(load_resume, resume, fingerprint) if keep else None,
+                checkpoint=partial(save_resume, resume, fingerprint) if keep else None,
             ),
             key,
             self.train.bs,
@@ -165,10 +168,8 @@ def resume_path(model: Path, phase: int = 0) -> Path:
     return model.parent / ".resume" / f"{model.stem}-{phase}.pth"
 
 
-def clear_resume(model: Path) -> None:
-    """Forget the per-epoch states once the model is written (by process 0 only)."""
-    if not distributed.is_main():
-        return
+def _clear_resume(model: Path) -> None:
+    """Forget the per-epoch states once the model is written."""
     folder = model.parent / ".resume"
     for path in folder.glob(f"{model.stem}-*.pth"):
         path.unlink(missing_ok=True)
@@ -222,7 +223,7 @@ def create_learner(
         "presize": train.cache.size,  # photos reach the model from a canvas this size
     }
     inputs = [split, classes, cache / "index.csv"]
-    fingerprint = training_fingerprint(params, key, inputs)
+    fingerprint = partial(training_fingerprint, params, key, inputs)
     return Learner(_prepare(model, device), info, train, valid, compute, fingerprint)
 
 
@@ -288,8 +289,8 @@ def load_learner(
     info["presize"] = valid.cache.size
     torch.manual_seed(params.seed)
     model = rebuild_model(info, saved["model"], key)
-    fingerprint = training_fingerprint(
-        params, key, [checkpoint, split, classes, cache / "index.csv"]
+    fingerprint = partial(
+        training_fingerprint, params, key, [checkpoint, split, classes, cache / "index.csv"]
     )
     return Learner(_prepare(model, device), info, train_loader, valid, compute, fingerprint)
 
@@ -313,7 +314,8 @@ def write_outputs(
 ) -> dict[str, Any]:
     """Save the checkpoint, `metrics.json` (the last epoch's numbers; no timings, so equal runs
     give equal files), the epoch table as CSV and what the model is (`model.json`: arch,
-    weights, size, batch size, learning rates per fit); returns the metrics."""
+    weights, size, batch size, learning rates per fit), then forget the per-epoch resume
+    states; returns the metrics."""
     if not distributed.is_main():  # one set of outputs, from process 0
         return {}
     last = history[-1]
@@ -334,6 +336,7 @@ def write_outputs(
     )
     write_json(info_path, description)
     write_json(metrics_path, metrics)
+    _clear_resume(model_path)
     seconds = float(table["time"].sum())
     images = len(learner.train) * learner.train.bs * len(history) * distributed.size()
     tracker.log_metrics(

@@ -16,7 +16,7 @@ import torch
 
 from pets.errors import PetsError
 from pets.export import SPEC, load_exported, spec_of
-from pets.images import find_images, load_rgb
+from pets.images import find_images, load_onto_canvas
 from pets.train import Compute, pick_compute
 from pets.transforms import Draw, augment, centre_draw, normalize
 
@@ -52,14 +52,11 @@ class Prediction:
 
 
 def _decode(path: Path, presize: int) -> tuple[np.ndarray, tuple[int, int]] | str:
+    canvas = np.zeros((presize, presize, 3), np.uint8)
     try:
-        image = np.asarray(load_rgb(path, longest=presize))
+        return canvas, load_onto_canvas(path, canvas)
     except Exception as exc:  # whatever the decoder raises, it is this photo's problem alone
         return f"cannot read {path}: {exc}"
-    canvas = np.zeros((presize, presize, 3), np.uint8)
-    height, width = image.shape[:2]
-    canvas[:height, :width] = image
-    return canvas, (height, width)
 
 
 class Predictor:

@@ -4,6 +4,7 @@ codes, and its MLflow run."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import os
 import signal
@@ -55,13 +56,6 @@ def worker_threads(requested: int) -> int:
     return max(1, (cores or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
 
 
-def gpus_present() -> bool:
-    """Whether torch sees a CUDA GPU (imports torch: only for stages that train)."""
-    import torch
-
-    return torch.cuda.is_available()
-
-
 def _terminate(signum: int, frame: FrameType | None) -> None:
     # Snakemake and DVC stop jobs with SIGTERM: unwind like Ctrl-C so the run is marked KILLED
     # and temporary files are removed.
@@ -86,7 +80,7 @@ def run_stage(
     try:
         params = load_params(params_path)
         if stage in DATA_PARALLEL and params.launch.processes > 1 and distributed.size() == 1:
-            if params.device != "cpu" and gpus_present():
+            if params.device != "cpu":
                 distributed.check_gpus(params.launch.processes)
             distributed.relaunch(params.launch.processes)
         project = params_path.resolve().parent
@@ -95,8 +89,9 @@ def run_stage(
             with stage_run(stage, params, project, inputs, outputs) as tracker:
                 body(params, tracker)
             print(f"{stage}: done in {time.perf_counter() - start:.1f} s", file=sys.stderr)
-        else:  # one MLflow run and one set of outputs, from process 0
-            body(params, Tracker())
+        else:  # one MLflow run, one set of outputs and one log, from process 0
+            with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
+                body(params, Tracker())
         distributed.stop()
     except PetsError as exc:
         print(f"{stage}: error: {exc}", file=sys.stderr)

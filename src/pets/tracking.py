@@ -266,14 +266,11 @@ def recorded_hashes(project: Path) -> dict[str, str]:
     }
 
 
-def fingerprint(path: Path, project: Path, recorded: dict[str, str]) -> str:
-    """What identifies an input or output: DVC's recorded md5, else a file's md5, else for a
-    folder `listing:` + the md5 of its file names and sizes (hashing gigabytes per stage would
-    cost more than the stage; the data's content is pinned by the archive's md5)."""
-    try:
-        relative = path.resolve().relative_to(project.resolve()).as_posix()
-    except ValueError:
-        relative = str(path)
+def fingerprint(path: Path, relative: str, recorded: dict[str, str]) -> str:
+    """What identifies an input or output (`relative`: its path from the project): DVC's
+    recorded md5, else a file's md5, else for a folder `listing:` + the md5 of its file names
+    and sizes (hashing gigabytes per stage would cost more than the stage; the data's content
+    is pinned by the archive's md5)."""
     if relative in recorded:
         return recorded[relative]
     if path.is_file():
@@ -297,7 +294,7 @@ def file_tags(kind: str, paths: list[Path], project: Path) -> dict[str, str]:
             name = path.resolve().relative_to(project.resolve()).as_posix()
         except ValueError:
             name = str(path)
-        tags[f"{kind}.{name}"] = fingerprint(path, project, recorded)
+        tags[f"{kind}.{name}"] = fingerprint(path, name, recorded)
     return tags
 
 

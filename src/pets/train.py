@@ -299,10 +299,9 @@ def fit_one_cycle(
     # Validation runs outside DDP: its forward broadcasts buffers (a collective), and processes
     # may hold different numbers of validation batches.
     runner = data_parallel(evaluator, compute)
-    show = print if distributed.is_main() else lambda *args, **kwargs: None
-    show(HEADER, flush=True)
+    print(HEADER, flush=True)
     for row in state.history:
-        show(row.line(), "(resumed)", flush=True)
+        print(row.line(), "(resumed)", flush=True)
         if on_epoch:  # this run's tracker gets the whole table
             on_epoch(row)
     for epoch in range(state.epoch, epochs):
@@ -317,7 +316,7 @@ def fit_one_cycle(
         state.epoch = epoch + 1
         if checkpoint:  # saved before the row is shown: a shown row is never lost
             checkpoint({**parts, "state": state})
-        show(row.line(), flush=True)
+        print(row.line(), flush=True)
         if on_epoch:
             on_epoch(row)
     return state.history

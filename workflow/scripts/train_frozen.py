@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pets.config import Params
-from pets.learner import clear_resume, create_learner, resume_path, write_outputs
+from pets.learner import create_learner, resume_path, write_outputs
 from pets.stage import run_stage, stage_arguments, stage_parser, training_arguments
 from pets.tracking import Tracker
 from pets.train import threads as torch_threads
@@ -70,7 +70,6 @@ def main(
         info_path=model_info,
         tracker=tracker,
     )
-    clear_resume(model)
 
 
 def cli(argv: list[str] | None = None) -> None:
