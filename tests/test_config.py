@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from pets.config import PETS_MD5, PETS_URL, STAGE_PARAMS, Params, load_params, parse_params
+from pets.config import PETS_MD5, PETS_URL, Params, load_params, parse_params
 from pets.errors import PetsError
+from pets.stages import specs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -77,6 +78,6 @@ def test_params_are_frozen() -> None:
 
 
 def test_every_stage_reads_known_keys() -> None:
-    for stage, keys in STAGE_PARAMS.items():
+    for stage, keys in {name: spec.params for name, spec in specs().items()}.items():
         for key in keys:
             assert key in Params.model_fields, (stage, key)

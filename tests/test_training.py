@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import shutil
 import subprocess
@@ -26,12 +26,7 @@ from tests.helpers import REPO
 
 
 def _script(stage: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        stage, REPO / "workflow" / "scripts" / f"{stage}.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(f"pets.stages.{stage}")
 
 
 @pytest.fixture(scope="module")

@@ -14,11 +14,13 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from pets.config import load_params
 from pets.errors import PetsError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 # The params worth a column in `pets runs`, per stage.
 KEY_PARAMS = {
@@ -49,6 +51,7 @@ ERROR_METRICS = ("metrics.final_error_rate", "metrics.error_rate")
 def runs_table(project: Path, every: bool = False, limit: int = 50) -> pd.DataFrame:
     """Stage runs from `mlflow.search_runs`: the latest per stage, or every run newest first."""
     import mlflow
+    import pandas as pd
 
     from pets.tracking import client_for, tracking_uri
 
@@ -189,11 +192,22 @@ def positive(text: str) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     """`pets --help`."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["dag"]:  # DVC runs `pets dag inputs` first on every repro: keep it light
+        from pets import dag
+
+        dag.main(argv[1:])
+        return
     parser = argparse.ArgumentParser(
         prog="pets", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--project", type=Path, default=Path("."), help="project folder")
     commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser(
+        "dag",
+        help="dvc.yaml and the inputs records from the stage specs: `pets dag --help`",
+        add_help=False,
+    )
     runs = commands.add_parser("runs", help="latest MLflow run of every stage")
     runs.add_argument("--all", action="store_true", help="every stage run, newest first")
     runs.add_argument("--limit", type=int, default=50, help="rows at most")

@@ -99,9 +99,15 @@ class LabelsParams(Section):
     pattern: str = Field(NAME_RE, description="name_re: regex on '/'+path, group 1 is the label")
     train_folder: str = Field("train", min_length=1, description="folder: training subfolder")
     valid_folder: str = Field("valid", min_length=1, description="folder: validation subfolder")
-    csv_file: str = Field("labels.csv", min_length=1, description="csv: name,label[,is_valid]")
+    csv_file: str = Field(
+        "labels.csv",
+        min_length=1,
+        description="csv: name,label[,is_valid]; ./x.csv: in the project",
+    )
     func: str = Field("", description="name_func: 'module:function' taking a path")
-    labels_file: str = Field("labels.txt", min_length=1, description="lists: a label per line")
+    labels_file: str = Field(
+        "labels.txt", min_length=1, description="lists: a label per line; ./x.txt: in the project"
+    )
     valid_pct: float = Field(0.2, gt=0, lt=1, description="share of photos held out for valid")
 
     @field_validator("folder", "csv_file", "labels_file")
@@ -309,27 +315,16 @@ class Params(Section):
     export: ExportParams = ExportParams()
 
 
-# The params each stage reads: its own section plus shared keys. The Snakefile's `params:`, the
-# DVC `params:` lists and the MLflow run's params all come from here (tests check the first two).
-STAGE_PARAMS: dict[str, tuple[str, ...]] = {
-    "download": ("data",),
-    "labels": ("labels", "seed"),
-    "cache": ("cache",),
-    "preview": ("preview", "augment", "seed"),
-    "train_frozen": ("train_frozen", "augment", "seed", "device", "precision"),
-    "lr_find": ("lr_find", "augment", "seed", "device", "precision"),
-    "finetune": ("finetune", "augment", "seed", "device", "precision"),
-    "train_resnet50": ("train_resnet50", "augment", "seed", "device", "precision"),
-    "get_preds": ("get_preds", "device", "precision"),
-    "interpret": ("interpret", "seed"),
-    "report": ("report",),
-    "export": ("export",),
-}
+def section_values(params: Params, keys: tuple[str, ...]) -> dict[str, Any]:
+    """The values of params.yaml's `keys` (sections or shared keys), by name."""
+    return {key: _plain(getattr(params, key)) for key in keys}
 
 
 def stage_params(params: Params, stage: str) -> dict[str, Any]:
-    """The values `stage` depends on, keyed by their params.yaml names."""
-    return {key: _plain(getattr(params, key)) for key in STAGE_PARAMS[stage]}
+    """The values `stage` depends on (its spec's params), keyed by their params.yaml names."""
+    from pets.stages import specs
+
+    return section_values(params, specs()[stage].params)
 
 
 def _plain(value: Any) -> Any:

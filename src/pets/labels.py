@@ -102,6 +102,13 @@ def read_label_list(labels_file: Path, count: int) -> list[str]:
     return labels
 
 
+def label_file(dataset: Path, name: str) -> Path:
+    """A labels file (`labels.csv_file`, `labels.labels_file`): `./name` is a file of the
+    project (kept beside params.yaml, tracked by its content), any other name is in the data
+    set."""
+    return Path(name) if name.startswith("./") else dataset / name
+
+
 def import_label_func(spec: str) -> Callable[[Path], str]:
     """The function named `module:function`; the project folder is importable."""
     module_name, _, func_name = spec.partition(":")
@@ -197,7 +204,7 @@ def _labels_by_method(
         labels = {p: (pairs[p][0] if p in pairs else None) for p in paths}
         return labels, {p: pairs[p][1] for p in pairs}
     if params.method == "csv":
-        csv_path = dataset / params.csv_file
+        csv_path = label_file(dataset, params.csv_file)
         table = read_label_csv(csv_path)
         known = set(paths)
         absent = [name for name in table["name"] if name not in known]
@@ -227,7 +234,7 @@ def _labels_by_method(
                 )
             labels[path] = label
         return labels, None
-    labels_file = dataset / params.labels_file
+    labels_file = label_file(dataset, params.labels_file)
     return dict(zip(paths, read_label_list(labels_file, len(paths)), strict=True)), None
 
 

@@ -1,55 +1,262 @@
-"""One pipeline at a time in a project.
+"""One pipeline at a time in a project, and one record of what each pipeline built.
 
-A `snakemake` run holds two locks for as long as it runs: the project's own
-(`.pets/pipeline.lock`, against a second `snakemake`) and DVC's repository lock
-(`.dvc/tmp/lock`, which `dvc repro` and `dvc exp run` take), so whichever pipeline starts second
-stops at once with a clear message, before it touches a file. They are `flock` locks: the
-system drops them when the process ends, even when it is killed, so a killed run leaves
-nothing to unlock by hand."""
+A `snakemake` run holds the project lock (`.pets/pipeline.lock`) exclusively and DVC's
+repository lock (`.dvc/tmp/lock`) for as long as it runs; every stage process holds the project
+lock shared while it works, unless it belongs to the snakemake run that holds it. So:
+- a second `snakemake` stops at once, naming the snakemake or the stage that holds the project;
+- `dvc repro` stops at once while snakemake runs (DVC cannot take its lock);
+- `snakemake` started while `dvc repro` runs a stage stops at once (DVC lets go of its own lock
+  while a stage's command runs, but the stage holds the project);
+- a stage run by hand while snakemake runs stops at once.
+They are `flock` locks, which the system drops when a process ends, even when it is killed. With
+DVC's `core.hardlink_lock` (for NFS) DVC's lock is a file that exists only while held: snakemake
+then takes it through DVC's own lock class, which removes it when the run ends.
+
+After a snakemake run (successful or not), the stages it finished are recorded in dvc.lock with
+`dvc commit`, so `dvc repro` sees them as up to date."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from pets.errors import PetsError
+from pets.processes import PIPELINE_ENV, pipeline_key
 
 try:
     import fcntl
 except ImportError:  # Windows: Snakemake's and DVC's own locks are all there is
     fcntl = None  # type: ignore[assignment]
 
+STATE = ".pets"
 
-def _hold(path: Path, who: str) -> IO[str]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = open(path, "a+")  # noqa: SIM115 - held open for as long as the run lasts
+
+def _state(project: Path, *parts: str) -> Path:
+    return project.joinpath(STATE, *parts)
+
+
+def _open(path: Path) -> IO[str]:
     try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return open(path, "a+")
+    except PermissionError:
         raise PetsError(
-            f"{who} is already running in this project ({path} is held); wait for it to "
-            "finish, or stop it"
+            f"{path}: permission denied: this project belongs to another user; run in a copy "
+            "of your own (git clone), or ask its owner to make it group-writable"
         ) from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"snakemake, pid {os.getpid()}\n")
-    handle.flush()
-    return handle
 
 
-def hold_project(project: Path) -> list[IO[str]]:
-    """Take the project's pipeline lock and DVC's repository lock (when the project has a
-    `.dvc` folder); raises `PetsError` naming who holds one. Keep the returned handles open for
-    the whole run."""
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _running_stages(project: Path) -> list[str]:
+    """Who holds the project shared: the stages running now (stale records are removed)."""
+    found = []
+    for record in sorted(_state(project, "stages").glob("*")):
+        with contextlib.suppress(OSError, ValueError):
+            if _alive(int(record.name)):
+                found.append(record.read_text().strip())
+            else:
+                record.unlink()
+    return found
+
+
+def _holder(project: Path) -> str:
+    stages = _running_stages(project)
+    if stages:
+        return stages[0]
+    with contextlib.suppress(OSError):
+        text = _state(project, "pipeline.lock").read_text().split("\n")[0].strip()
+        if text:
+            return text
+    return "another pipeline"
+
+
+def _refusal(project: Path) -> PetsError:
+    return PetsError(
+        f"{_holder(project)} is running in this project; wait for it to finish, or stop it"
+    )
+
+
+def _lock(handle: IO[str], mode: int) -> bool:
+    try:
+        fcntl.flock(handle.fileno(), mode | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _who(stage: str) -> str:
+    key = os.environ.get(PIPELINE_ENV, "")
+    if key.startswith("dvc") or _under_dvc():
+        return f"dvc repro (stage {stage}, pid {os.getpid()})"
+    if key.startswith("snakemake"):
+        return f"snakemake (stage {stage}, pid {os.getpid()})"
+    return f"the stage {stage} run by hand (pid {os.getpid()})"
+
+
+def _under_dvc() -> bool:
+    return (pipeline_key() or "").startswith("dvc")
+
+
+@contextlib.contextmanager
+def hold_stage(project: Path, stage: str) -> Iterator[None]:
+    """Hold the project shared while a stage runs; raises `PetsError` naming the pipeline that
+    holds it, unless that is the snakemake run this stage belongs to."""
     if fcntl is None:
-        return []
-    handles = [_hold(project / ".pets" / "pipeline.lock", "another snakemake")]
-    if (project / ".dvc").is_dir():
+        yield
+        return
+    handle = _open(_state(project, "pipeline.lock"))
+    try:
+        if not _lock(handle, fcntl.LOCK_SH):
+            holder = handle.read() if handle.seek(0) == 0 else ""
+            key = os.environ.get(PIPELINE_ENV)
+            if not key or f"key {key}" not in holder:
+                raise _refusal(project)
+        record = _state(project, "stages", str(os.getpid()))
+        record.parent.mkdir(exist_ok=True)
+        record.write_text(_who(stage) + "\n")
         try:
-            handles.append(_hold(project / ".dvc" / "tmp" / "lock", "dvc (repro or exp run)"))
-        except PetsError:
-            handles[0].close()
-            raise
-    return handles
+            yield
+        finally:
+            record.unlink(missing_ok=True)
+    finally:
+        handle.close()
+
+
+def hardlink_lock(project: Path) -> bool:
+    """Whether DVC is set to its NFS mode (`core.hardlink_lock`) in this project."""
+    for name in ("config", "config.local"):
+        with contextlib.suppress(OSError):
+            text = (project / ".dvc" / name).read_text()
+            section = re.search(r"^\[core\]\s*$(.*?)(?=^\[|\Z)", text, re.M | re.S)
+            if section:
+                found = re.search(r"^\s*hardlink_lock\s*=\s*(\w+)", section.group(1), re.M)
+                if found and found.group(1).lower() in ("true", "1", "yes"):
+                    return True
+    return False
+
+
+class ProjectHold:
+    """What a snakemake run holds: the project lock, exclusively, and DVC's lock."""
+
+    def __init__(self, project: Path, key: str) -> None:
+        self.project = project
+        self.key = key
+        self.handles: list[IO[str]] = []
+        self.dvc_lock: Any = None
+
+    def take(self) -> None:
+        """Take both locks, or raise `PetsError` naming who holds the project."""
+        if fcntl is None:
+            return
+        handle = _open(_state(self.project, "pipeline.lock"))
+        if not _lock(handle, fcntl.LOCK_EX):
+            handle.close()
+            raise _refusal(self.project)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"snakemake (pid {os.getpid()}, key {self.key})\n")
+        handle.flush()
+        self.handles.append(handle)
+        if (self.project / ".dvc").is_dir():
+            try:
+                self._take_dvc()
+            except PetsError:
+                self.release()
+                raise
+
+    def _take_dvc(self) -> None:
+        tmp = self.project / ".dvc" / "tmp"
+        tmp.mkdir(parents=True, exist_ok=True)
+        refused = PetsError(
+            "dvc (repro or exp run) is running in this project (.dvc/tmp/lock is held); wait "
+            "for it to finish, or stop it"
+        )
+        if hardlink_lock(self.project):
+            # DVC's NFS lock is the file's existence: take it as DVC does, so it is removed
+            # again (a file we created and left would lock DVC out for good).
+            from dvc.lock import LockError, make_lock
+
+            lock = make_lock(str(tmp / "lock"), tmp_dir=str(tmp), hardlink_lock=True)
+            try:
+                lock.lock()
+            except LockError:
+                raise refused from None
+            self.dvc_lock = lock
+            return
+        handle = _open(tmp / "lock")
+        if not _lock(handle, fcntl.LOCK_EX):
+            handle.close()
+            raise refused
+        self.handles.append(handle)
+
+    def release_dvc(self) -> None:
+        """Let go of DVC's lock (to run `dvc commit`), keeping the project's."""
+        if self.dvc_lock is not None:
+            with contextlib.suppress(Exception):
+                self.dvc_lock.unlock()
+            self.dvc_lock = None
+        for handle in self.handles[1:]:
+            handle.close()
+        del self.handles[1:]
+
+    def release(self) -> None:
+        """Let go of both locks."""
+        self.release_dvc()
+        for handle in self.handles:
+            handle.close()
+        self.handles.clear()
+
+
+def _finished_file(project: Path, key: str) -> Path:
+    return _state(project, "finished", key)
+
+
+def record_finished(project: Path, stage: str) -> None:
+    """Note that `stage` (DVC's name for it) finished within this snakemake run."""
+    key = os.environ.get(PIPELINE_ENV, "")
+    if key.startswith("snakemake") and (project / ".dvc").is_dir():
+        path = _finished_file(project, key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as listed:  # one short append per stage: parallel jobs can't mix
+            listed.write(stage + "\n")
+
+
+def commit_finished(project: Path, hold: ProjectHold) -> list[str]:
+    """Record the stages this snakemake run finished in dvc.lock (`dvc commit`), so DVC sees
+    what Snakemake built as up to date; returns them. A failure is a warning: the outputs stay."""
+    path = _finished_file(project, hold.key)
+    if not path.exists():
+        return []
+    stages = sorted(set(path.read_text().split()))
+    hold.release_dvc()
+    done = subprocess.run(
+        ["dvc", "commit", "--force", "--quiet", "inputs", *stages],
+        cwd=project,
+        capture_output=True,
+        text=True,
+    )
+    path.unlink(missing_ok=True)
+    if done.returncode != 0:
+        why = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        print(
+            f"warning: dvc commit of {len(stages)} stages failed ({why}); run "
+            "`dvc commit` before `dvc repro`, or DVC will rebuild them",
+            file=sys.stderr,
+        )
+        return []
+    return stages

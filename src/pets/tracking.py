@@ -4,35 +4,28 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
 import platform
 import subprocess
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import psutil
-import yaml
 from filelock import FileLock
 
 import pets
 from pets.config import Params, flatten, stage_params
-from pets.files import md5_file
+from pets.fingerprints import file_tags
+from pets.paths import MANIFEST
+from pets.processes import PIPELINE_HOST_ENV, alive, pipeline_key, pipeline_pid, process_tags
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
-PIPELINE_ENV = "PETS_PIPELINE"  # set by the Snakefile so cluster jobs share one parent run
-PIPELINE_PID_ENV = "PETS_PIPELINE_PID"  # the snakemake process, to tell when it has died
-PIPELINE_HOST_ENV = "PETS_PIPELINE_HOST"  # ... and its host (cluster jobs run elsewhere)
-PIPELINE_TOOLS = ("snakemake", "dvc")
 TERMINAL = ("FAILED", "KILLED")
-DATASET_MANIFEST = "data/dataset.json"  # the download stage's manifest: the archive's md5
 
 
 class Tracker:
@@ -127,40 +120,6 @@ def prepare(project: Path, params: Params) -> None:
             experiment_id(client_for(project), params.tracking.experiment, project)
 
 
-def pipeline_key() -> str | None:
-    """What identifies the pipeline invocation this process belongs to: `$PETS_PIPELINE`, else
-    the nearest `snakemake` or `dvc` ancestor process; None for a stage run by hand."""
-    if key := os.environ.get(PIPELINE_ENV):
-        return key
-    with contextlib.suppress(psutil.Error):
-        for process in psutil.Process().parents():
-            with contextlib.suppress(psutil.Error):
-                words = [os.path.basename(word) for word in process.cmdline()[:3]]
-                for tool in PIPELINE_TOOLS:
-                    if tool in words:
-                        return f"{tool}-{process.pid}-{int(process.create_time())}"
-    return None
-
-
-def pipeline_pid() -> int | None:
-    """The process of this stage's pipeline tool (snakemake or dvc), when known."""
-    if os.environ.get(PIPELINE_PID_ENV, "").isdigit():
-        return int(os.environ[PIPELINE_PID_ENV])
-    key = pipeline_key() or ""
-    parts = key.split("-")
-    return int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else None
-
-
-def _alive(pid: str | None, started: str | None) -> bool:
-    if not pid or not pid.isdigit():
-        return True  # unknown: leave it alone
-    try:
-        process = psutil.Process(int(pid))
-        return not started or abs(process.create_time() - float(started)) < 1
-    except psutil.Error:
-        return False
-
-
 def close_dead_runs(client: MlflowClient, experiment: str) -> int:
     """Mark KILLED the runs still RUNNING on this host whose process is gone (a stage or a
     pipeline killed with SIGKILL cannot say so itself); returns how many."""
@@ -171,25 +130,10 @@ def close_dead_runs(client: MlflowClient, experiment: str) -> int:
     closed = 0
     for run in runs:
         tags = run.data.tags
-        if not _alive(tags.get("pets.pid"), tags.get("pets.pid_start")):
+        if not alive(tags.get("pets.pid"), tags.get("pets.pid_start")):
             client.set_terminated(run.info.run_id, "KILLED")
             closed += 1
     return closed
-
-
-def _process_tags(pid: int | None, host: str | None = None) -> dict[str, str]:
-    """Where a run's process lives, so a later stage can tell that it died."""
-    tags = {"pets.host": host or platform.node()}
-    if pid and tags["pets.host"] == platform.node():
-        with contextlib.suppress(psutil.Error):
-            started = psutil.Process(pid).create_time()
-            tags.update({"pets.pid": str(pid), "pets.pid_start": str(started)})
-    return tags
-
-
-def new_pipeline_key(tool: str) -> str:
-    """A fresh key for a pipeline invocation started by `tool`."""
-    return f"{tool}-{uuid.uuid4().hex[:12]}"
 
 
 def _lock(project: Path) -> FileLock:
@@ -243,58 +187,9 @@ def lineage_tags(project: Path, params: Params) -> dict[str, str]:
         "host": platform.node(),
         "seed": str(params.seed),
     }
-    manifest = project / DATASET_MANIFEST
+    manifest = project / MANIFEST
     with contextlib.suppress(OSError, ValueError, KeyError):
         tags["data.archive_md5"] = json.loads(manifest.read_text())["md5"]
-    return tags
-
-
-def recorded_hashes(project: Path) -> dict[str, str]:
-    """Output hashes in dvc.lock, trusted only while `dvc repro` runs this stage (DVC writes each
-    upstream stage's entry as that stage finishes); otherwise empty."""
-    if "DVC_STAGE" not in os.environ:
-        return {}
-    try:
-        lock = yaml.safe_load((project / "dvc.lock").read_text()) or {}
-    except (OSError, yaml.YAMLError):
-        return {}
-    return {
-        out["path"]: out["md5"]
-        for stage in lock.get("stages", {}).values()
-        for out in stage.get("outs", [])
-        if "md5" in out
-    }
-
-
-def fingerprint(path: Path, relative: str, recorded: dict[str, str]) -> str:
-    """What identifies an input or output (`relative`: its path from the project): DVC's
-    recorded md5, else a file's md5, else for a folder `listing:` + the md5 of its file names
-    and sizes (hashing gigabytes per stage would cost more than the stage; the data's content
-    is pinned by the archive's md5)."""
-    if relative in recorded:
-        return recorded[relative]
-    if path.is_file():
-        return md5_file(path)
-    if path.is_dir():
-        lines = sorted(
-            f"{f.relative_to(path).as_posix()}\t{f.stat().st_size}"
-            for f in path.rglob("*")
-            if f.is_file()
-        )
-        return "listing:" + hashlib.md5("\n".join(lines).encode()).hexdigest()
-    return "missing"
-
-
-def file_tags(kind: str, paths: list[Path], project: Path) -> dict[str, str]:
-    """`input.<path>` / `output.<path>` tags with each path's fingerprint."""
-    recorded = recorded_hashes(project)
-    tags = {}
-    for path in paths:
-        try:
-            name = path.resolve().relative_to(project.resolve()).as_posix()
-        except ValueError:
-            name = str(path)
-        tags[f"{kind}.{name}"] = fingerprint(path, name, recorded)
     return tags
 
 
@@ -317,7 +212,7 @@ def _find_or_create_parent(client: MlflowClient, experiment: str, key: str, para
         tags={
             "pets.pipeline": key,
             "pets.kind": "pipeline",
-            **_process_tags(pipeline_pid(), os.environ.get(PIPELINE_HOST_ENV)),
+            **process_tags(pipeline_pid(), os.environ.get(PIPELINE_HOST_ENV)),
         },
     )
     tracker = MlflowTracker(client, run.info.run_id)
@@ -362,7 +257,7 @@ def stage_run(
         tags = {"pets.stage": stage, "pets.kind": "stage", "pets.pipeline": key or "by hand"}
         if "@" in stage:
             tags["pets.model"] = stage.split("@", 1)[1]
-        tags.update(_process_tags(os.getpid()))
+        tags.update(process_tags(os.getpid()))
         if parent_id:
             tags["mlflow.parentRunId"] = parent_id
         run = client.create_run(experiment, run_name=stage, tags=tags)

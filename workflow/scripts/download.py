@@ -1,64 +1,6 @@
-"""Stage `download`: the lesson's `untar_data(URLs.PETS)`.
+"""Stage `download`: see `python workflow/scripts/download.py --help` (src/pets/stages/download.py)."""
 
-Fetches the archive at `data.url` (http(s), file:// or a path) once, keeping downloads under
-~/.cache/pets/archives, verifies `data.md5`, and extracts it into the data set folder, refusing
-members that would land outside it. When the archive holds one top-level folder (Pets:
-oxford-iiit-pet/), that folder becomes the data set folder.
-
-params: data.url, data.md5
-outputs: the data set folder (--dataset) and a manifest (--manifest): archive md5, file count
-"""
-
-from __future__ import annotations
-
-from pathlib import Path
-
-from pets.archive import archive_name, count_files, extract, fetch
-from pets.config import Params
-from pets.files import write_json
-from pets.stage import run_stage, stage_arguments, stage_parser
-from pets.tracking import Tracker
-
-
-def main(params: Params, *, dataset: Path, manifest: Path, tracker: Tracker | None = None) -> None:
-    """Fetch, verify and extract the archive; write the manifest last."""
-    tracker = tracker or Tracker()
-    fetched = fetch(params.data.url, params.data.md5)
-    print(f"extracting {fetched.path} ({fetched.size / 2**20:.1f} MiB, md5 {fetched.md5})")
-    top_folder = extract(fetched.path, dataset)
-    files = count_files(dataset)
-    write_json(
-        manifest,
-        {
-            "url": params.data.url,
-            "archive": archive_name(params.data.url),
-            "md5": fetched.md5,
-            "bytes": fetched.size,
-            "top_folder": top_folder,
-            "files": files,
-        },
-    )
-    print(f"{dataset}: {files} files")
-    tracker.set_tags({"data.archive_md5": fetched.md5, "data.url": params.data.url})
-    tracker.log_metrics({"data_files": files, "archive_bytes": fetched.size})
-
-
-def cli(argv: list[str] | None = None) -> None:
-    """Command line: `python workflow/scripts/download.py --help`."""
-    parser = stage_parser(__doc__)
-    parser.add_argument(
-        "--dataset", type=Path, default=Path("data/dataset"), help="data set folder"
-    )
-    parser.add_argument("--manifest", type=Path, default=Path("data/dataset.json"), help="manifest")
-    args = parser.parse_args(argv)
-    run_stage(
-        "download",
-        args.params,
-        lambda params, tracker: main(params, tracker=tracker, **stage_arguments(args)),
-        inputs=[],
-        outputs=[args.dataset, args.manifest],
-    )
-
+from pets.stages.download import cli
 
 if __name__ == "__main__":
     cli()
