@@ -12,9 +12,9 @@ import platform
 import sys
 
 from pets.config import load_params
-from pets.dag import check, rule_inputs, rule_shell, write_inputs
+from pets.dag import check, rule_inputs, rule_log, rule_shell, write_inputs
 from pets.errors import PetsError
-from pets.paths import EXPORT, LOGS, MODELS, REPORT
+from pets.paths import EXPORT, MODELS, REPORT
 from pets.pipeline import ProjectHold, commit_finished
 from pets.processes import (
     PIPELINE_ENV,
@@ -78,7 +78,9 @@ onstart:
 
 
 onsuccess:
-    commit_finished(PROJECT, HOLD)  # so `dvc repro` sees what was built as up to date
+    commit_finished(
+        PROJECT, HOLD
+    )  # so `dvc repro` sees what was built as up to date
     HOLD.release()
 
 
@@ -105,12 +107,12 @@ def stage_rule(spec):
         output:
             **outputs(spec),
         log:
-            LOGS.replace("{stage}", spec.name + ("/{model}" if spec.per_model else "")),
+            rule_log(spec),
+        conda:
+            "envs/pets.yaml"
         threads: workflow.cores if spec.threads == 0 else spec.threads
         resources:
             gpu=next((n for kind, n in GPUS.items() if getattr(spec, kind)), 0),
-        conda:
-            "envs/pets.yaml"
         shell:
             rule_shell(spec)
 

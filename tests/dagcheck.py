@@ -1,8 +1,7 @@
-"""Reading the two DAG descriptions (Snakefile, dvc.yaml) and the code each stage runs."""
+"""Reading the two DAG descriptions as the tools see them: `snakemake -n -p` and DVC's index."""
 
 from __future__ import annotations
 
-import ast
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,43 +87,3 @@ def dvc_params(project: Path) -> dict[str, set[str]]:
                 key for dep in stage.deps if dep.def_path == "params.yaml" for key in dep.params
             }
     return keys
-
-
-def imported_modules(project: Path, script: str) -> set[str]:
-    """The src/pets/*.py files that `script` imports, transitively (imports inside functions
-    count: that code runs in the stage)."""
-    package = project / "src" / "pets"
-    found: set[str] = set()
-    pending = [project / script]
-    while pending:
-        tree = ast.parse(pending.pop().read_text())
-        typing_only = {
-            id(n)
-            for block in ast.walk(tree)
-            if isinstance(block, ast.If)
-            and ast.unparse(block.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING")
-            for n in ast.walk(block)
-        }
-        for node in ast.walk(tree):
-            if id(node) in typing_only:  # imported for type checkers only: never runs
-                continue
-            names = []
-            if (
-                isinstance(node, ast.ImportFrom)
-                and node.module
-                and node.module.split(".")[0] == "pets"
-            ):
-                names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
-            elif isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names if alias.name.split(".")[0] == "pets"]
-            for name in names:
-                parts = name.split(".")
-                path = package / ("__init__.py" if len(parts) == 1 else f"{parts[1]}.py")
-                if path.exists():
-                    relative = path.relative_to(project).as_posix()
-                    if relative not in found:
-                        found.add(relative)
-                        pending.append(path)
-                if len(parts) > 1:
-                    found.add("src/pets/__init__.py")
-    return found

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,9 +16,8 @@ from mlflow.tracking import MlflowClient
 
 from pets.errors import PetsError
 from pets.files import atomic_path, write_json
-from pets.pipeline import hold_project
 from pets.train import load_checkpoint
-from tests.helpers import REPO, merge, read_params, run_script, run_tool, tool_env, write_params
+from tests.helpers import REPO, run_script, tool_env
 
 pytestmark = pytest.mark.dag
 
@@ -34,69 +31,6 @@ def test_atomic_outputs_appear_only_when_complete(tmp_path: Path) -> None:
     (target.parent / ".metrics.json.tmp-99999").write_text("left by a SIGKILL")
     write_json(target, {"error_rate": 0.1})
     assert [p.name for p in target.parent.iterdir()] == ["metrics.json"]
-
-
-def test_one_pipeline_at_a_time(tmp_path: Path) -> None:
-    (tmp_path / ".dvc").mkdir()
-    held = hold_project(tmp_path)
-    try:
-        with pytest.raises(PetsError, match="another snakemake is already running in this "):
-            hold_project(tmp_path)
-    finally:
-        for handle in held:
-            handle.close()
-    dvc_lock = tmp_path / ".dvc" / "tmp" / "lock"
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            (
-                "import fcntl, sys, time; f = open(sys.argv[1], 'a+'); "
-                "fcntl.flock(f.fileno(), fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)"
-            ),
-            str(dvc_lock),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout.readline().strip() == "held"  # as `dvc repro` holds it
-        with pytest.raises(PetsError, match=r"dvc \(repro or exp run\) is already running"):
-            hold_project(tmp_path)
-    finally:
-        holder.kill()
-        holder.wait()
-    for handle in hold_project(tmp_path):  # released when its holder died: nothing to unlock
-        handle.close()
-
-
-def test_snakemake_and_dvc_refuse_to_run_beside_each_other(snakemade: Path, tmp_path: Path) -> None:
-    project = tmp_path / "project"
-    shutil.copytree(snakemade, project, symlinks=True)
-    write_params(project, merge(read_params(project), {"tracking": {"enabled": False}}))
-    running = subprocess.Popen(
-        ["snakemake", "--cores", "2", "--forcerun", "interpret"],
-        cwd=project,
-        env=tool_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        lock = project / ".pets" / "pipeline.lock"
-        deadline = time.monotonic() + 120
-        holder = f"pid {running.pid}\n"  # the copied project's lock file names an old pid
-        while not (lock.exists() and holder in lock.read_text()) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        second = run_tool(project, "snakemake", "--cores", "1", "--forcerun", "report", check=False)
-        assert second.returncode != 0
-        assert "error: another snakemake is already running in this project" in second.stderr
-        dvc = run_tool(project, "dvc", "repro", check=False)
-        assert dvc.returncode != 0 and "Unable to acquire lock" in dvc.stdout + dvc.stderr
-    finally:
-        output = running.communicate(timeout=600)[0]
-    assert running.returncode == 0, output[-3000:]
-    assert (project / "reports/index.html").exists()
 
 
 def _runs(project: Path) -> dict[str, str]:

@@ -8,21 +8,48 @@ import sys
 
 import pytest
 
+from pets import paths
+from pets.stages import NAMES, module, specs
 from tests.helpers import REPO, run_script
 
-STAGES = sorted(path.stem for path in (REPO / "workflow" / "scripts").glob("*.py"))
+
+@pytest.mark.parametrize("stage", NAMES)
+def test_every_stage_has_help(stage: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        module(stage).cli(["--help"])
+    assert exited.value.code == 0
+    shown = " ".join(capsys.readouterr().out.split())
+    assert f"Stage `{stage}`" in shown and "--params" in shown
+    for name, template in {**specs()[stage].inputs, **specs()[stage].outputs}.items():
+        if f"--{name.replace('_', '-')} {name.upper()}" in shown:
+            assert f"default: {template}" in shown  # by hand, the paths the DAG passes
 
 
-@pytest.mark.parametrize("stage", STAGES)
-def test_every_stage_has_help(stage: str) -> None:
+def test_each_script_is_a_shim_of_its_stage() -> None:
+    scripts = sorted(path.stem for path in (REPO / "workflow" / "scripts").glob("*.py"))
+    assert scripts == sorted(NAMES)
+    for name in NAMES:
+        text = (REPO / "workflow" / "scripts" / f"{name}.py").read_text()
+        assert f"from pets.stages.{name} import cli" in text and len(text.splitlines()) <= 8
     done = subprocess.run(
-        [sys.executable, f"workflow/scripts/{stage}.py", "--help"],
+        [sys.executable, "workflow/scripts/labels.py", "--help"],
         cwd=REPO,
         capture_output=True,
         text=True,
     )
-    assert done.returncode == 0
-    assert f"Stage `{stage}`" in done.stdout and "--params" in done.stdout
+    assert done.returncode == 0 and "Stage `labels`" in done.stdout
+
+
+def test_each_stage_path_is_written_once_in_the_source() -> None:
+    sources = [REPO / "Snakefile", *(REPO / "src" / "pets").rglob("*.py")]
+    sources += (REPO / "workflow").rglob("*.py")
+    text = {path: path.read_text() for path in sources}
+    for name, value in vars(paths).items():
+        if not name.isupper() or not isinstance(value, str) or "/" not in value:
+            continue
+        quoted = [f'"{value}"', f"'{value}'"]
+        places = [path.name for path, body in text.items() for q in quoted if q in body]
+        assert places == ["paths.py"], (name, value, places)
 
 
 def _one_line_error(done: subprocess.CompletedProcess[str], stage: str, fragment: str) -> None:

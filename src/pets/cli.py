@@ -1,17 +1,15 @@
-"""The `pets` command: compare runs, keep Snakemake and DVC in step, make test data.
+"""The `pets` command: compare runs, use the model, write dvc.yaml, make test data.
 
 `pets predict MODEL PHOTOS...` classifies photos; `pets runs` prints the latest MLflow run of
 every stage with its key params and error rate;
-`pets sync snakemake` makes Snakemake accept outputs that DVC made or restored (`dvc repro`,
-`dvc checkout`, `dvc exp apply`) instead of retraining; `pets sync dvc` records outputs
-Snakemake made in dvc.lock; `pets fake-data` writes a Pets-like data set."""
+`pets dag write|check|inputs` writes dvc.yaml from the stage specs, checks it, or rewrites the
+stages' inputs records; `pets fake-data` writes a Pets-like data set."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -101,43 +99,6 @@ def runs_table(project: Path, every: bool = False, limit: int = 50) -> pd.DataFr
     return pd.DataFrame(rows)
 
 
-def _run(command: list[str], project: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(command, cwd=project, capture_output=True, text=True)
-
-
-def sync_snakemake(project: Path) -> None:
-    """After DVC made or restored every output: check `dvc status` is clean, then record in
-    Snakemake's metadata that each job is done, with the current params and inputs."""
-    status = _run(["dvc", "status", "--json"], project)
-    if status.returncode != 0:
-        raise PetsError(f"dvc status failed: {status.stderr.strip().splitlines()[-1:]}")
-    changed = sorted(json.loads(status.stdout or "{}"))
-    if changed:
-        raise PetsError(
-            f"dvc status shows changes in {', '.join(changed)}; run dvc repro (or "
-            "dvc checkout) first, then pets sync snakemake"
-        )
-    touched = _run(
-        ["snakemake", "--touch", "--forceall", "--cores", "1", "--quiet", "all"], project
-    )
-    if touched.returncode != 0:
-        raise PetsError(f"snakemake --touch failed: {touched.stderr.strip()[-500:]}")
-
-
-def sync_dvc(project: Path) -> None:
-    """After Snakemake made every output: check it has nothing left to do, then record the
-    outputs in dvc.lock (and DVC's cache) with `dvc commit`, so `dvc repro` reruns nothing."""
-    planned = _run(["snakemake", "-n", "--cores", "1"], project)
-    if planned.returncode != 0 or "Nothing to be done" not in planned.stdout + planned.stderr:
-        raise PetsError(
-            "snakemake still has jobs to run (see snakemake -n); run snakemake "
-            "first, then pets sync dvc"
-        )
-    committed = _run(["dvc", "commit", "--force", "--quiet"], project)
-    if committed.returncode != 0:
-        raise PetsError(f"dvc commit failed: {committed.stderr.strip()[-500:]}")
-
-
 def print_predictions(args: argparse.Namespace) -> int:
     """Predict and print in the chosen format; returns how many photos could not be read."""
     import csv
@@ -211,12 +172,6 @@ def main(argv: list[str] | None = None) -> None:
     runs = commands.add_parser("runs", help="latest MLflow run of every stage")
     runs.add_argument("--all", action="store_true", help="every stage run, newest first")
     runs.add_argument("--limit", type=int, default=50, help="rows at most")
-    sync = commands.add_parser("sync", help="make one DAG tool accept the other's outputs")
-    sync.add_argument(
-        "tool",
-        choices=("snakemake", "dvc"),
-        help="snakemake: after dvc repro/checkout/exp apply; dvc: after snakemake",
-    )
     predict = commands.add_parser(
         "predict",
         help="classify photos with a trained model",
@@ -248,8 +203,15 @@ def main(argv: list[str] | None = None) -> None:
     fake.add_argument("--classes", type=int, default=37)
     fake.add_argument("--seed", type=int, default=0)
     fake.add_argument("--tgz", type=Path)
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
     project = args.project.resolve()
+    if args.command == "dag":  # `pets --project P dag ...`
+        from pets import dag
+
+        dag.main([*rest, "--project", str(project)])
+        return
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         if args.command == "runs":
             table = runs_table(project, args.all, args.limit)
@@ -259,9 +221,6 @@ def main(argv: list[str] | None = None) -> None:
             if failed:
                 print(f"pets predict: {failed} photos could not be read", file=sys.stderr)
                 sys.exit(1)
-        elif args.command == "sync":
-            (sync_snakemake if args.tool == "snakemake" else sync_dvc)(project)
-            print(f"{args.tool} now takes the outputs in {project} as up to date")
         else:
             from pets.synthetic import make_pets, pack
 

@@ -24,7 +24,7 @@ from typing import Any
 from pets.config import Params, load_params, section_values
 from pets.errors import PetsError
 from pets.files import atomic_path
-from pets.paths import HISTORY, INPUTS, LR_FIND_CURVE, MODELS, for_model
+from pets.paths import HISTORY, INPUTS, LOGS, LR_FIND_CURVE, MODELS, for_model
 from pets.stage import StageSpec, command, expand, passed
 from pets.stages import main_of, specs
 
@@ -294,6 +294,11 @@ def rule_inputs(project: Path, spec: StageSpec, params: Params) -> dict[str, Any
         found = expand(template, params, model)
         named[key] = found if len(found) > 1 else found[0]
     return named
+
+
+def rule_log(spec: StageSpec) -> str:
+    """A rule's log file: `logs/<stage>.log`, or `logs/<stage>/<model>.log` per model."""
+    return LOGS.replace("{stage}", f"{spec.name}/{{model}}" if spec.per_model else spec.name)
 
 
 def rule_shell(spec: StageSpec) -> str:
