@@ -477,6 +477,7 @@ PAGE = """<!doctype html>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>pets: which breed is this?</title>
+<link rel="icon" href="data:,">
 <style>
   :root { font-family: system-ui, sans-serif; color: #222; background: #fafafa; }
   body { max-width: 60rem; margin: 2rem auto; padding: 0 1rem; }
