@@ -13,8 +13,8 @@ Endpoints:
     GET  /          the page (self-contained: nothing is fetched from the network)
     POST /predict   multipart/form-data (one or more files, any field names) or the raw bytes
                     of one photo as the body (`?name=` names it); answers
-                    {"photos": [{"name", "width", "height", "predictions": [{"class",
-                    "probability"}, ...]}, ...]}, or {"error": "..."} with 400 (empty upload,
+                    {"photos": [{"name", "predictions": [{"class", "probability"}, ...]},
+                    ...]}, or {"error": "..."} with 400 (empty upload,
                     malformed request), 413 (over the size limit, or too many pixels), 415 (not
                     an image) or 422 (an image that does not decode); a request with one bad
                     photo is refused whole, naming it
@@ -336,11 +336,9 @@ async def _predict(request: web.Request) -> web.Response:
             "photos": [
                 {
                     "name": upload.name,
-                    "height": size[0],
-                    "width": size[1],
                     "predictions": [{"class": c, "probability": p} for c, p in top],
                 }
-                for upload, (_, size), top in zip(uploads, decoded, tops, strict=True)
+                for upload, top in zip(uploads, tops, strict=True)
             ]
         }
     )
