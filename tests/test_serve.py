@@ -257,6 +257,12 @@ def test_startup_errors_are_one_line(model: Path, tmp_path: Path) -> None:
     assert process.wait(timeout=60) == 1 and line == ""
     (only,) = log.read_text().splitlines()  # the spec's own message may change; one line
     assert only.startswith(f"pets serve: error: {damaged / SPEC}: ")
+    spec = json.loads((model / SPEC).read_text())
+    (damaged / SPEC).write_text(json.dumps({**spec, "classes": 4, "presize": "big"}))
+    process, _, log = _serve(damaged, tmp_path / "values")
+    assert process.wait(timeout=60) == 1
+    (only,) = log.read_text().splitlines()
+    assert only.startswith(f"pets serve: error: {damaged}")
     shutil.copy(model / SPEC, damaged / SPEC)
     (damaged / WEIGHTS).write_bytes((model / WEIGHTS).read_bytes()[:1000])
     process, _, log = _serve(damaged, tmp_path / "weights")

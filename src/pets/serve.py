@@ -28,6 +28,7 @@ own, so the server keeps answering while the model runs.
 from __future__ import annotations
 
 import asyncio
+import errno
 import html
 import io
 import ipaddress
@@ -401,7 +402,7 @@ async def _run(app: web.Application, host: str, port: int, ready: Callable[[str]
         await web.TCPSite(runner, host, port).start()
     except OSError as exc:
         await runner.cleanup()
-        if exc.errno == 98:  # EADDRINUSE
+        if exc.errno == errno.EADDRINUSE:
             raise PetsError(f"port {port} on {host} is in use; pick another with --port") from None
         raise PetsError(f"cannot listen on {host}:{port} ({exc.strerror or exc})") from None
     bound = runner.addresses[0]
@@ -431,12 +432,18 @@ def serve(
     until SIGINT or SIGTERM. Prints the address when ready; a model that does not load, or a
     port in use, raises `PetsError` before anything is served."""
     settings = settings or Settings()
-    predictor = Predictor(model, device=device, bs=settings.bs, tta=tta, top_k=top_k)
-    presize = predictor.spec["presize"]
-    predictor.probabilities(  # warm-up, so the first person does not wait for it
-        torch.zeros(1, presize, presize, 3, dtype=torch.uint8),
-        torch.tensor([[presize, presize]], dtype=torch.float32),
-    )
+    try:
+        predictor = Predictor(model, device=device, bs=settings.bs, tta=tta, top_k=top_k)
+        presize = predictor.spec["presize"]
+        predictor.probabilities(  # warm-up, so the first person does not wait for it
+            torch.zeros(1, presize, presize, 3, dtype=torch.uint8),
+            torch.tensor([[presize, presize]], dtype=torch.float32),
+        )
+    except PetsError:
+        raise
+    except Exception as exc:  # a spec whose values are damaged: still one line, not a traceback
+        reason = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise PetsError(f"{model}: does not load ({type(exc).__name__}: {reason})") from None
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("pets serve: %(message)s"))
     log.addHandler(handler)  # and so the access log, pets.serve.access
