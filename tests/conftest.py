@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.browser import find_chromium
 from tests.helpers import TINY, make_project, run_tool, small_pets
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,3 +52,9 @@ def snakemade(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     run_tool(project, "snakemake", "--cores", "4")
     return project
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    """A headless-capable Chromium; CI sets PETS_REQUIRE_CHROMIUM=1 so it never skips."""
+    return find_chromium()

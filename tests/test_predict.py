@@ -35,7 +35,7 @@ def test_the_export_loads_without_pickle_and_matches(snakemade: Path) -> None:
     assert spec["arch"] == "resnet50" and spec["presize"] == 64 and len(spec["classes"]) == 4
     assert set(spec["head"]) == {"features", "hidden", "dropout"}
     checks = json.loads((snakemade / "reports/export.json").read_text())
-    assert set(checks["max_abs_difference"]) == {"safetensors", "torchscript", "onnx"}
+    assert set(checks["max_abs_difference"]) == {"safetensors", "pt2", "onnx"}
     assert max(checks["max_abs_difference"].values()) <= checks["tolerance"]
     assert (folder / WEIGHTS).read_bytes()[:8] != b"\x80\x02\x8a\x0a"  # no pickle header
     model, _ = load_exported(folder)
@@ -149,7 +149,7 @@ def test_export_checks_a_single_photo_and_holds_its_tolerance(
     checks = json.loads((tmp_path / "checks.json").read_text())
     assert checks["images"] == 1 and set(checks["max_abs_difference"]) == {
         "safetensors",
-        "torchscript",
+        "pt2",
         "onnx",
     }
     assert all(value <= 1e-3 for value in checks["max_abs_difference"].values())

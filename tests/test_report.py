@@ -2,44 +2,23 @@
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 import zipfile
 from pathlib import Path
 
 import pytest
 
+from tests.browser import headless_flags
 from tests.helpers import run_tool
 
 pytestmark = pytest.mark.dag
-BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
-
-
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    """A headless-capable Chromium; CI sets PETS_REQUIRE_CHROMIUM=1 so it never skips."""
-    for name in BROWSERS:
-        if found := shutil.which(name):
-            return found
-    if os.environ.get("PETS_REQUIRE_CHROMIUM"):
-        pytest.fail("PETS_REQUIRE_CHROMIUM is set but no Chromium is installed")
-    pytest.skip("no Chromium found (apt-get install chromium); the page is not browser-checked")
 
 
 def _headless(chromium: str, *args: str, profile: Path) -> subprocess.CompletedProcess[str]:
-    flags = [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        f"--user-data-dir={profile}",
-    ]
-    return subprocess.run([chromium, *flags, *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [chromium, *headless_flags(profile), *args], capture_output=True, text=True, timeout=120
+    )
 
 
 def test_every_image_loads_in_chromium(snakemade: Path, chromium: str, tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
 """The `pets` command: compare runs, use the model, write dvc.yaml, make test data.
 
-`pets predict MODEL PHOTOS...` classifies photos; `pets runs` prints the latest MLflow run of
+`pets predict MODEL PHOTOS...` classifies photos; `pets serve MODEL` serves a page to try the
+model in a browser and `POST /predict` for programs; `pets runs` prints the latest MLflow run of
 every stage with its key params and error rate;
 `pets dag write|check|inputs` writes dvc.yaml from the stage specs, checks it, or rewrites the
 stages' inputs records; `pets fake-data` writes a Pets-like data set."""
@@ -151,6 +152,24 @@ def positive(text: str) -> int:
     return value
 
 
+def positive_number(text: str) -> float:
+    """An argparse type: a number above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number above 0")
+    return value
+
+
+def port_number(text: str) -> int:
+    """An argparse type: a TCP port, 0 to 65535 (0: any free one)."""
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (0 to 65535)")
+    return int(text)
+
+
 def main(argv: list[str] | None = None) -> None:
     """`pets --help`."""
     argv = sys.argv[1:] if argv is None else argv
@@ -197,6 +216,48 @@ def main(argv: list[str] | None = None) -> None:
     form = predict.add_mutually_exclusive_group()
     form.add_argument("--json", action="store_true", help="JSON output")
     form.add_argument("--csv", action="store_true", help="CSV output")
+    serve = commands.add_parser(
+        "serve",
+        help="a page to try the model in a browser, and POST /predict for programs",
+        description="Load the model once and serve, on 127.0.0.1 unless --host says otherwise, "
+        "a page where photos dropped or picked are shown with their top classes, and POST "
+        "/predict (multipart/form-data, or the raw bytes of one photo) answering JSON. "
+        "Concurrent photos are classified in batches. Uploads stay in memory.",
+    )
+    serve.add_argument("model", type=Path, help="export folder or .pth checkpoint")
+    serve.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 exposes it)",
+    )
+    serve.add_argument(
+        "--port", type=port_number, default=8000, help="port (default: 8000; 0: any free one)"
+    )
+    serve.add_argument(
+        "--max-mb",
+        type=positive_number,
+        default=20.0,
+        help="largest upload per request, in MB of 10^6 bytes (default: 20)",
+    )
+    serve.add_argument(
+        "--top-k", type=positive, default=3, help="classes shown per photo (default: 3)"
+    )
+    serve.add_argument("--bs", type=positive, default=32, help="most photos per model call")
+    serve.add_argument(
+        "--window-ms",
+        type=float,
+        default=5.0,
+        help="how long a photo waits for others to share its model call (default: 5)",
+    )
+    serve.add_argument(
+        "--tta", action="store_true", help="average the centre crop, its mirror and both end crops"
+    )
+    serve.add_argument(
+        "--device",
+        choices=("auto", "cuda", "cpu"),
+        default="auto",
+        help="auto: the GPU when there is one",
+    )
     fake = commands.add_parser("fake-data", help="write a Pets-like data set (and .tgz)")
     fake.add_argument("root", type=Path)
     fake.add_argument("--per-class", type=int, default=200)
@@ -221,6 +282,21 @@ def main(argv: list[str] | None = None) -> None:
             if failed:
                 print(f"pets predict: {failed} photos could not be read", file=sys.stderr)
                 sys.exit(1)
+        elif args.command == "serve":
+            from pets.serve import MB, Settings, serve
+
+            if not args.window_ms >= 0:
+                parser.error("--window-ms: must be 0 or more")
+            settings = Settings(int(args.max_mb * MB), args.bs, args.window_ms / 1000)
+            serve(
+                args.model,
+                host=args.host,
+                port=args.port,
+                settings=settings,
+                top_k=args.top_k,
+                tta=args.tta,
+                device=args.device,
+            )
         else:
             from pets.synthetic import make_pets, pack
 

@@ -275,10 +275,14 @@ class ReportParams(Section):
 
 
 class ExportParams(Section):
-    """`export`: the model without pickle (safetensors + JSON), TorchScript and ONNX copies."""
+    """`export`: the model without pickle (safetensors + JSON); torch.export, ONNX and
+    TorchScript copies."""
 
     model: Literal["stage-1", "stage-2", "resnet50"] = Field("resnet50", description="which")
-    torchscript: bool = Field(True, description="also write model.torchscript.pt")
+    pt2: bool = Field(True, description="also write model.pt2 (a torch.export program)")
+    torchscript: bool = Field(
+        False, description="also write model.torchscript.pt (torch.jit.trace, deprecated)"
+    )
     onnx: bool = Field(True, description="also write model.onnx")
     tolerance: float = Field(1e-3, gt=0, description="largest |logit difference| allowed")
     check_images: int = Field(64, ge=1, le=4096, description="validation photos checked")

@@ -1,6 +1,6 @@
 """The exported model: weights as safetensors plus a JSON spec (arch, classes, size, presize,
 normalisation, head layout), loadable without pickle and without the training code; optional
-TorchScript and ONNX copies, each checked against the PyTorch model."""
+torch.export (.pt2), ONNX and TorchScript copies, each checked against the PyTorch model."""
 
 from __future__ import annotations
 
@@ -17,11 +17,12 @@ from pets.files import atomic_path, write_json
 from pets.model import create_body, create_cnn
 
 SPEC_FORMAT = "pets.export/1"
-WEIGHTS, SPEC, TORCHSCRIPT, ONNX = (
+WEIGHTS, SPEC, TORCHSCRIPT, ONNX, PROGRAM = (
     "model.safetensors",
     "model.json",
     "model.torchscript.pt",
     "model.onnx",
+    "model.pt2",
 )
 SPEC_KEYS = ("arch", "classes", "size", "presize", "mean", "std", "head", "weights")
 
@@ -113,6 +114,60 @@ def to_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
             external_data=False,
             verbose=False,
         )
+
+
+def to_program(model: nn.Module, example: torch.Tensor, path: Path, spec: dict[str, Any]) -> None:
+    """A torch.export program (TorchScript's successor: `torch.export.load(path).module()` runs
+    it without this project's classes), exported in eval mode with its batch size free and the
+    spec stored inside it as model.json."""
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    program = torch.export.export(model.eval(), (example,), dynamic_shapes=({0: batch},))
+    with atomic_path(path) as tmp:
+        torch.export.save(program, str(tmp), extra_files={SPEC: json.dumps(spec)})
+
+
+class ProgramModule(nn.Module):
+    """A loaded torch.export program as a module to hold like any model: it was exported in
+    eval mode, and `train()`/`eval()` (which exported modules refuse) leave it so."""
+
+    def __init__(self, program: nn.Module) -> None:
+        super().__init__()
+        self.program = program
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits for a batch of normalised NCHW images."""
+        return self.program(images)
+
+    def train(self, mode: bool = True) -> ProgramModule:
+        """Nothing to switch: the program is fixed in eval mode."""
+        return self
+
+
+def load_program(path: Path) -> tuple[nn.Module, dict[str, Any]]:
+    """The model a .pt2 file holds (on the CPU) and the spec stored inside it."""
+    extra = {SPEC: ""}
+    try:
+        program = torch.export.load(str(path), extra_files=extra)
+    except FileNotFoundError:
+        raise PetsError(f"{path}: no such file") from None
+    except Exception as exc:  # torch raises many types for a damaged archive
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise PetsError(f"{path}: not a readable torch.export program ({first})") from None
+    try:
+        spec = json.loads(extra[SPEC])
+    except json.JSONDecodeError:
+        raise PetsError(f"{path}: holds no {SPEC}; export the model again") from None
+    missing = [key for key in SPEC_KEYS if key not in spec] if isinstance(spec, dict) else ["all"]
+    if missing or spec.get("format") != SPEC_FORMAT:
+        raise PetsError(f"{path}: its {SPEC} is not a pets export spec; export the model again")
+    return ProgramModule(program.module()), spec
+
+
+def run_program(path: Path, images: torch.Tensor) -> np.ndarray:
+    """Logits of the torch.export copy."""
+    model, _ = load_program(path)
+    with torch.no_grad():
+        return model(images).float().numpy()
 
 
 def run_torchscript(path: Path, images: torch.Tensor) -> np.ndarray:

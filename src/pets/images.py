@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -38,7 +39,7 @@ class ImageCheck:
     problem: str = ""
 
 
-def _open(path: Path) -> Image.Image:
+def _open(path: Path | IO[bytes]) -> Image.Image:
     Image.MAX_IMAGE_PIXELS = MAX_PIXELS
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -85,9 +86,10 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB") if image.mode != "RGB" else image
 
 
-def load_rgb(path: Path, longest: int | None = None) -> Image.Image:
-    """Decode `path` upright (EXIF orientation applied) as RGB; with `longest`, resized so its
-    longer side is `longest` pixels, using JPEG draft mode to decode no more than needed."""
+def load_rgb(path: Path | IO[bytes], longest: int | None = None) -> Image.Image:
+    """Decode `path` (a file, or bytes in memory) upright (EXIF orientation applied) as RGB;
+    with `longest`, resized so its longer side is `longest` pixels, using JPEG draft mode to
+    decode no more than needed."""
     with _open(path) as image:
         if longest is not None and image.format == "JPEG":
             width, height = image.size
@@ -105,10 +107,10 @@ def load_rgb(path: Path, longest: int | None = None) -> Image.Image:
     return rgb
 
 
-def load_onto_canvas(path: Path, canvas: np.ndarray) -> tuple[int, int]:
-    """Decode `path` with its long side the canvas's side and place it at the canvas's top-left
-    (how the pixel cache stores photos, and how `pets predict` reads them); returns its
-    (height, width)."""
+def load_onto_canvas(path: Path | IO[bytes], canvas: np.ndarray) -> tuple[int, int]:
+    """Decode `path` (a file, or bytes in memory as `pets serve` holds uploads) with its long
+    side the canvas's side and place it at the canvas's top-left (how the pixel cache stores
+    photos, and how `pets predict` reads them); returns its (height, width)."""
     image = np.asarray(load_rgb(path, longest=canvas.shape[0]))
     height, width = image.shape[:2]
     canvas[:height, :width] = image

@@ -15,17 +15,19 @@ import numpy as np
 import torch
 
 from pets.errors import PetsError
-from pets.export import SPEC, load_exported, spec_of
+from pets.export import SPEC, load_exported, load_program, spec_of
 from pets.images import find_images, load_onto_canvas
 from pets.train import Compute, pick_compute
 from pets.transforms import Draw, augment, centre_draw, normalize
 
 
 def load_model(path: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """An export folder (or its model.json) or a training checkpoint (.pth), as (model in eval
-    mode on the CPU, spec)."""
+    """An export folder (or its model.json), its torch.export program (.pt2) or a training
+    checkpoint (.pth), as (model in eval mode on the CPU, spec)."""
     if path.is_dir() or path.name == SPEC:
         return load_exported(path if path.is_dir() else path.parent)
+    if path.suffix == ".pt2":
+        return load_program(path)
     from pets.learner import load_trained_model
 
     model, info = load_trained_model(path, "predict")

@@ -3,11 +3,11 @@
 Writes the model named by `export.model` (resnet50, the lesson's best, by default) as
 model.safetensors plus model.json (arch, classes, size, presize, normalisation, head layout):
 `pets predict models/export PHOTOS...` and `pets.export.load_exported` load it without this
-project's training code and without unpickling anything. With `export.torchscript` and
-`export.onnx` it also writes model.torchscript.pt and model.onnx. Each copy (the reloaded
-safetensors model too) is run on up to `export.check_images` validation photos against the
-checkpoint's PyTorch model; the largest absolute difference in logits must stay within
-`export.tolerance`, or the stage fails.
+project's training code and without unpickling anything. With `export.pt2`, `export.onnx` and
+`export.torchscript` it also writes model.pt2 (a torch.export program), model.onnx and
+model.torchscript.pt. Each copy (the reloaded safetensors model too) is run on up to
+`export.check_images` validation photos against the checkpoint's PyTorch model; the largest
+absolute difference in logits must stay within `export.tolerance`, or the stage fails.
 
 params: export.*
 inputs: --checkpoint (models/<export.model>.pth), --split, --classes, --cache
@@ -81,13 +81,16 @@ def main(
 
     from pets.export import (
         ONNX,
+        PROGRAM,
         TORCHSCRIPT,
         load_exported,
         run_onnx,
+        run_program,
         run_torchscript,
         save_weights,
         spec_of,
         to_onnx,
+        to_program,
         to_torchscript,
     )
     from pets.files import atomic_path, write_json
@@ -104,14 +107,17 @@ def main(
     with atomic_path(out) as folder:
         save_weights(model, spec, folder)
         copies = {"safetensors": lambda: load_exported(folder)[0](images).detach().numpy()}
+        # A batch of two, so the exporters keep the batch dimension free.
+        pair = torch.cat([images[:1], images[:1]]) if len(images) < 2 else images[:2]
+        if cfg.pt2:
+            exporting("pt2", lambda: to_program(model, pair, folder / PROGRAM, spec))
+            copies["pt2"] = lambda: run_program(folder / PROGRAM, images)
         if cfg.torchscript:
             exporting(
                 "torchscript", lambda: to_torchscript(model, images[:1], folder / TORCHSCRIPT)
             )
             copies["torchscript"] = lambda: run_torchscript(folder / TORCHSCRIPT, images)
         if cfg.onnx:
-            # A batch of two, so the exporter keeps the batch dimension free.
-            pair = torch.cat([images[:1], images[:1]]) if len(images) < 2 else images[:2]
             exporting("onnx", lambda: to_onnx(model, pair, folder / ONNX))
             copies["onnx"] = lambda: run_onnx(folder / ONNX, images)
         with torch.no_grad():
