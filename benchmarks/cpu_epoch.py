@@ -39,11 +39,12 @@ def ours(args: argparse.Namespace) -> dict:
     import torch
 
     from pets.cache import PixelCache, build_cache
+    from pets.compute import pick_compute
     from pets.config import AugmentParams
     from pets.data import Loader, Subset
     from pets.labels import read_split
     from pets.model import create_body, create_cnn, freeze
-    from pets.train import fit_one_cycle, pick_compute, predict
+    from pets.train import fit_one_cycle, predict
     from pets.transforms import IMAGENET_MEAN, IMAGENET_STD
 
     torch.set_num_threads(os.cpu_count() or 1)

@@ -73,7 +73,11 @@ def main() -> None:
     report(
         "dag_overhead",
         rows,
-        {"photos": classes * args.per_class, "first_run_s": first["median"], "repeats": args.repeats},
+        {
+            "photos": classes * args.per_class,
+            "first_run_s": first["median"],
+            "repeats": args.repeats,
+        },
     )
 
 

@@ -43,6 +43,7 @@ def train(cache_folder: Path, batches: int, size: int, bs: int, arch: str) -> di
     import torch
 
     from pets.cache import PixelCache
+    from pets.compute import pick_compute
     from pets.config import AugmentParams
     from pets.data import DeviceCanvases, Loader, Subset
     from pets.model import create_body, create_cnn, freeze
@@ -51,7 +52,6 @@ def train(cache_folder: Path, batches: int, size: int, bs: int, arch: str) -> di
         adamw,
         one_cycle,
         param_groups,
-        pick_compute,
         train_one_epoch,
     )
     from pets.transforms import IMAGENET_MEAN, IMAGENET_STD

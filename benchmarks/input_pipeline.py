@@ -28,10 +28,11 @@ import torch.nn.functional as F
 from common import report  # benchmarks/common.py
 
 from pets.cache import INDEX, PIXELS, PixelCache
+from pets.compute import pick_compute
 from pets.config import AugmentParams
 from pets.data import DeviceCanvases, Loader, Subset
 from pets.model import create_body, create_cnn, freeze
-from pets.train import SmoothedLoss, adamw, one_cycle, param_groups, pick_compute, train_one_epoch
+from pets.train import SmoothedLoss, adamw, one_cycle, param_groups, train_one_epoch
 from pets.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 STAGES = {

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
+from pets.compute import pick_device
 from pets.errors import PetsError
 from pets.lr_find import minimum, slide, steep, suggest, trim, valley
 from pets.model import create_body, create_cnn, freeze
@@ -19,7 +20,6 @@ from pets.train import (
     fit_guarded,
     one_cycle,
     param_groups,
-    pick_device,
     spread_lr,
 )
 

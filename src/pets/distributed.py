@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, NoReturn
 if TYPE_CHECKING:  # torch is imported where it is used: stages that never train skip it
     import torch
 
-    from pets.train import Compute
+    from pets.compute import Compute
 
 
 def rank() -> int:

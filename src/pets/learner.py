@@ -17,6 +17,7 @@ from torch import nn
 
 from pets import distributed
 from pets.cache import PixelCache
+from pets.compute import Compute, pick_compute
 from pets.config import Params, stage_params
 from pets.data import DeviceCanvases, Loader, load_subsets
 from pets.errors import PetsError
@@ -24,13 +25,11 @@ from pets.files import md5_file, write_csv, write_json
 from pets.model import create_body, create_cnn, freeze, unfreeze
 from pets.tracking import Tracker
 from pets.train import (
-    Compute,
     EpochRow,
     fit_guarded,
     fit_one_cycle,
     load_checkpoint,
     load_resume,
-    pick_compute,
     save_checkpoint,
     save_resume,
     spread_lr,

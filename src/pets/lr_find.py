@@ -15,8 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from pets import distributed
+from pets.compute import Compute
 from pets.errors import PetsError
-from pets.train import Compute, SmoothedLoss, adamw, data_parallel, param_groups
+from pets.train import SmoothedLoss, adamw, data_parallel, param_groups
 
 SUGGESTIONS = ("valley", "minimum", "steep", "slide")
 

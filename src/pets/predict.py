@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from pets.compute import Compute, pick_compute
 from pets.errors import PetsError
 from pets.export import SPEC, load_exported, load_program, spec_of
 from pets.images import find_images, load_onto_canvas
-from pets.train import Compute, pick_compute
 from pets.transforms import Draw, augment, centre_draw, normalize
 
 

@@ -23,21 +23,13 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from pets import distributed
+from pets.compute import Compute
 from pets.errors import PetsError
 from pets.files import atomic_path
 from pets.model import layer_groups, norm_parameters
 
 CHECKPOINT_FORMAT = "pets.checkpoint/1"
 SMOOTHING = 0.98  # fastai's smoothed training loss: a debiased exponential moving average
-
-
-def pick_device(choice: str) -> torch.device:
-    """`auto` is CUDA when present, else the CPU; `cuda` without a GPU is an error."""
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise PetsError("device: cuda was asked for but torch sees no CUDA GPU; use auto or cpu")
-    if choice == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(choice)
 
 
 def spread_lr(lr: float | list[float], groups: int = 3) -> list[float]:
@@ -110,31 +102,6 @@ class SmoothedLoss:
         self.count += 1
         self.value = SMOOTHING * self.value + (1 - SMOOTHING) * loss
         return self.value / (1 - SMOOTHING**self.count)
-
-
-@dataclass(frozen=True)
-class Compute:
-    """Where and how a stage computes: its device, and bf16 autocast or full precision."""
-
-    device: torch.device
-    bf16: bool
-
-    def autocast(self) -> contextlib.AbstractContextManager:
-        """The forward pass's precision context."""
-        if self.bf16:
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
-
-def pick_compute(device: str, precision: str) -> Compute:
-    """`precision: auto` is bf16 on GPUs that support it and fp32 on the CPU (where fp32 is
-    reproducible to the last digit; bf16 there is faster only on CPUs with bf16 units)."""
-    chosen = pick_device(device)
-    if precision == "auto":
-        bf16 = chosen.type == "cuda" and torch.cuda.is_bf16_supported()
-    else:
-        bf16 = precision == "bf16"
-    return Compute(chosen, bf16)
 
 
 def _progress(total: int, description: str) -> tqdm:
