@@ -194,7 +194,8 @@ def _check_lr(value: Any) -> Any:
     return value
 
 
-def _check_arch(value: str) -> str:
+def check_arch(value: str) -> str:
+    """`value` if it names a supported architecture; ValueError otherwise."""
     if value in TORCHVISION_ARCHS or (value.startswith("timm:") and len(value) > 5):
         return value
     raise ValueError(
@@ -217,7 +218,7 @@ class TrainParams(Section):
     wd: float = Field(0.01, ge=0, le=1, description="decoupled weight decay (not on norms, biases)")
     compile: bool = Field(False, description="torch.compile (CUDA graphs): pays on long runs")
 
-    _arch = field_validator("arch")(classmethod(lambda cls, v: _check_arch(v)))
+    _arch = field_validator("arch")(classmethod(lambda cls, v: check_arch(v)))
     _lr = field_validator("lr")(classmethod(lambda cls, v: _check_lr(v)))
 
 
@@ -398,9 +399,12 @@ def describe(error: ValidationError, source: str, model: type[BaseModel] | None 
     """The first validation problem as one line: `source: key: what is wrong (got value)`;
     `model` is the validated class (default `Params`), for listing the keys allowed."""
     first = error.errors()[0]
-    # Union members and list positions add parts that are not keys: keep the keys.
-    loc = tuple(p for p in first["loc"] if isinstance(p, str) and not p.endswith("]"))
-    loc = tuple(p for p in loc if p not in ("float", "int", "str", "bool", "literal"))
+    # Union members add parts that are neither keys nor positions (`float`, `list[float]`).
+    loc = tuple(
+        p
+        for p in first["loc"]
+        if isinstance(p, int) or not (p.endswith("]") or p in ("float", "int", "str", "bool"))
+    )
     key = ".".join(str(part) for part in loc)
     if first["type"] == "extra_forbidden":
         allowed = ", ".join(_allowed(model or Params, loc))
