@@ -61,7 +61,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 def test_the_record_round_trips_through_checkpoint_and_export(exported) -> None:
     root, photo = exported
-    model, record = load_trained_model(root / "stage-1.pth", "predict")
+    _, record = load_trained_model(root / "stage-1.pth", "predict")
     assert record == _record() and record.spec == _record().spec
     assert isinstance(record.classes, tuple) and isinstance(record.mean, tuple)
     with pytest.raises(Exception, match="frozen"):
@@ -101,7 +101,7 @@ BAD_SPECS = [
 def test_a_bad_export_spec_is_one_line_naming_file_and_field(
     exported, tmp_path: Path, change: dict, expected: str
 ) -> None:
-    root, photo = exported
+    root, _ = exported
     folder = tmp_path / "export"
     folder.mkdir()
     (folder / WEIGHTS).write_bytes((root / "export" / WEIGHTS).read_bytes())
