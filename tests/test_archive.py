@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import http.server
 import io
+import os
 import tarfile
 import threading
 import zipfile
@@ -13,7 +15,17 @@ from pathlib import Path
 
 import pytest
 
-from pets.archive import archive_name, extract, fetch, local_path
+from pets import archive as archive_module
+from pets.archive import (
+    Fetched,
+    archive_name,
+    dataset_manifest,
+    extract,
+    fetch,
+    local_path,
+    redact_url,
+)
+from pets.config import DataParams
 from pets.errors import PetsError
 
 
@@ -71,9 +83,9 @@ def test_zip_archives_extract(tmp_path: Path) -> None:
         (_file("../evil.txt"), "outside the data folder"),
         (_file("pets/../../evil.txt"), "outside the data folder"),
         (_file("/etc/evil.txt"), "absolute path"),
-        (_link("pets/link", "../../outside", tarfile.SYMTYPE), "outside the data folder"),
-        (_link("pets/abs", "/etc/passwd", tarfile.SYMTYPE), "absolute link target"),
-        (_link("pets/hard", "../outside", tarfile.LNKTYPE), "outside the data folder"),
+        (_link("pets/link", "../../outside", tarfile.SYMTYPE), "links are not allowed"),
+        (_link("pets/abs", "/etc/passwd", tarfile.SYMTYPE), "links are not allowed"),
+        (_link("pets/hard", "../outside", tarfile.LNKTYPE), "links are not allowed"),
         (_link("pets/dev", "", tarfile.CHRTYPE), "not a file or folder"),
     ],
 )
@@ -211,3 +223,213 @@ def test_unreachable_url_says_what_to_do(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("PETS_ARCHIVES", str(tmp_path / "store"))
     with pytest.raises(PetsError, match="download it yourself and set data.url"):
         fetch("http://127.0.0.1:9/pets.tgz", None, timeout=5)
+
+
+def _no_data_filter(monkeypatch: pytest.MonkeyPatch, present: bool) -> None:
+    """Run as on Python 3.10 before 3.10.12 and 3.11 before 3.11.4: no `tarfile.data_filter`."""
+    if not present and hasattr(tarfile, "data_filter"):
+        monkeypatch.delattr(tarfile, "data_filter")
+
+
+@pytest.mark.parametrize("data_filter", [True, False], ids=["with-filter", "without-filter"])
+@pytest.mark.parametrize(
+    "members",
+    [
+        # The chain that escaped without data_filter: a -> ., a/b -> .., then a file under b/c/.
+        [
+            _link("a", ".", tarfile.SYMTYPE),
+            _link("a/b", "..", tarfile.SYMTYPE),
+            _file("a/b/c/evil.txt"),
+        ],
+        # Inside the temporary folder, outside once the top folder moves up a level.
+        [_file("pets/ok.txt"), _link("pets/up", "../evil.txt", tarfile.SYMTYPE)],
+        # A top folder that is itself a link would replace the data set with a link to data/.
+        [_link("pets", ".", tarfile.SYMTYPE), _file("pets/ok.txt")],
+        [_file("pets/ok.txt"), _link("pets/same", "pets/ok.txt", tarfile.LNKTYPE)],
+    ],
+    ids=["link-chain", "link-after-move", "top-folder-link", "hard-link"],
+)
+def test_links_are_refused_with_or_without_the_data_filter(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, members: list, data_filter: bool
+) -> None:
+    _no_data_filter(monkeypatch, data_filter)
+    archive = _tar(tmp_path / "links.tgz", members)
+    target = tmp_path / "data" / "dataset"
+    with pytest.raises(PetsError, match="links are not allowed in data archives"):
+        extract(archive, target)
+    assert not target.exists() and not target.is_symlink()
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["data", "links.tgz"]
+
+
+@pytest.mark.parametrize("data_filter", [True, False], ids=["with-filter", "without-filter"])
+def test_modes_and_owners_are_made_safe_without_the_filter(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, data_filter: bool
+) -> None:
+    _no_data_filter(monkeypatch, data_filter)
+    setuid, tool, folder = _file("pets/a.jpg"), _file("pets/run.sh"), tarfile.TarInfo("pets/sub")
+    setuid[0].mode, tool[0].mode = 0o6777, 0o777
+    folder.type, folder.mode = tarfile.DIRTYPE, 0o777
+    setuid[0].uid = setuid[0].gid = 12345
+    archive = _tar(tmp_path / "modes.tgz", [(folder, None), setuid, tool, _file("pets/sub/b")])
+    target = tmp_path / "dataset"
+    assert extract(archive, target) == "pets"
+    assert (target / "a.jpg").stat().st_mode & 0o7777 == 0o755
+    assert (target / "run.sh").stat().st_mode & 0o7022 == 0
+    assert (target / "sub").stat().st_mode & 0o7022 == 0
+    assert (target / "a.jpg").stat().st_uid == os.getuid()
+
+
+def _zeros_zip(path: Path, size: int) -> Path:
+    with (
+        zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as zipped,
+        zipped.open("bomb/zeros.bin", "w") as member,
+    ):
+        block = bytes(1 << 20)
+        for _ in range(size >> 20):
+            member.write(block)
+    return path
+
+
+def test_a_compression_bomb_is_refused_before_it_is_written(tmp_path: Path) -> None:
+    archive = _zeros_zip(tmp_path / "bomb.zip", 200 << 20)  # the review's 200 KB -> 200 MiB
+    assert archive.stat().st_size < 400_000
+    target = tmp_path / "data" / "dataset"
+    with pytest.raises(PetsError, match=r"data.max_ratio: .*bomb.zip \(.* bytes\) would extract"):
+        extract(archive, target)
+    assert not target.exists() and not list((tmp_path / "data").iterdir())
+    # The limit is a param: a trusted archive passes with a higher one.
+    assert extract(archive, target, DataParams(max_ratio=10_000)) == "bomb"
+
+
+def test_extracted_size_and_member_count_are_bounded(tmp_path: Path) -> None:
+    archive = _tar(tmp_path / "many.tgz", [_file(f"pets/{i}.jpg", b"x" * 100) for i in range(5)])
+    target = tmp_path / "dataset"
+    with pytest.raises(PetsError, match="data.max_members: .* holds more than 3 members"):
+        extract(archive, target, DataParams(max_members=3))
+    with pytest.raises(PetsError, match="data.max_extract_bytes: .* more than 250 bytes"):
+        extract(archive, target, DataParams(max_extract_bytes=250))
+    assert not target.exists()
+    assert extract(archive, target, DataParams(max_members=6, max_extract_bytes=500)) == "pets"
+
+
+def test_a_huge_declared_member_stops_at_its_header(tmp_path: Path) -> None:
+    # A header that declares 2 TiB (and no data): refused before anything is read or written.
+    header = tarfile.TarInfo("pets/huge.bin")
+    header.size = 2 << 40
+    raw = tmp_path / "huge.tar"
+    raw.write_bytes(header.tobuf(tarfile.GNU_FORMAT) + bytes(10240))
+    with pytest.raises(PetsError, match="data.max_extract_bytes"):
+        extract(raw, tmp_path / "dataset")
+
+
+def test_a_full_disk_is_one_line_naming_the_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    archive = _tar(tmp_path / "pets.tgz", [_file("pets/a.jpg", b"x" * 5000)])
+    target = tmp_path / "data" / "dataset"
+    usage = archive_module.shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(archive_module.shutil, "disk_usage", lambda path: usage._replace(free=1000))
+    with pytest.raises(PetsError, match=f"extracts to 5,000 bytes, but {tmp_path / 'data'} has"):
+        extract(archive, target)
+    monkeypatch.undo()
+
+    def full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tarfile.TarFile, "extractall", full)
+    with pytest.raises(PetsError) as error:
+        extract(archive, target)
+    assert str(error.value) == (
+        f"data.url: the disk under {tmp_path / 'data'} filled up while extracting (No space "
+        "left on device); free some space and run the stage again"
+    )
+    assert not target.exists() and not list((tmp_path / "data").iterdir())
+
+
+def test_names_that_are_not_utf8_are_refused_at_extraction(tmp_path: Path) -> None:
+    archive = tmp_path / "latin1.tar"
+    with tarfile.open(archive, "w", format=tarfile.GNU_FORMAT, encoding="latin-1") as tar:
+        info = tarfile.TarInfo("pets/caf\u00e9.jpg")  # written as the single byte 0xe9
+        info.size = 1
+        tar.addfile(info, io.BytesIO(b"x"))
+    with pytest.raises(PetsError) as error:
+        extract(archive, tmp_path / "dataset")
+    assert "its name is not valid UTF-8" in str(error.value) and "\n" not in str(error.value)
+    assert not (tmp_path / "dataset").exists()
+
+
+def test_other_members_no_data_set_has(tmp_path: Path) -> None:
+    clash = _tar(tmp_path / "clash.tgz", [_file("pets/a"), _file("pets/a/b.jpg")])
+    with pytest.raises(PetsError, match="a file and a folder share its path"):
+        extract(clash, tmp_path / "dataset")
+    fifo = tarfile.TarInfo("pets/fifo")
+    fifo.type = tarfile.FIFOTYPE
+    with pytest.raises(PetsError, match="not a file or folder"):
+        extract(_tar(tmp_path / "fifo.tgz", [_file("pets/ok"), (fifo, None)]), tmp_path / "d")
+    encrypted = tmp_path / "secret.zip"
+    with zipfile.ZipFile(encrypted, "w") as zipped:
+        zipped.writestr("pets/a.jpg", b"x")
+    data = bytearray(encrypted.read_bytes())  # set the "encrypted" flag in both headers
+    central = data.find(b"PK\x01\x02")
+    data[6] |= 0x1
+    data[central + 8] |= 0x1
+    encrypted.write_bytes(bytes(data))
+    with pytest.raises(PetsError, match="it is encrypted; pack it without a password"):
+        extract(encrypted, tmp_path / "dataset")
+    assert not (tmp_path / "dataset").exists() and not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        (
+            "https://user:hunter2@example.com/pets.tgz",
+            "https://***@example.com/pets.tgz",
+        ),
+        (
+            "https://bucket.s3.amazonaws.com/pets.tgz?X-Amz-Algorithm=AWS4-HMAC-SHA256"
+            "&X-Amz-Credential=AKIA%2F20260101&X-Amz-Signature=abc123&versionId=7",
+            "https://bucket.s3.amazonaws.com/pets.tgz?X-Amz-Algorithm=***"
+            "&X-Amz-Credential=***&X-Amz-Signature=***&versionId=7",
+        ),
+        (
+            "https://acct.blob.core.windows.net/c/pets.tgz?sv=2022-11-02&se=2026&sig=ZmFr%3D",
+            "https://acct.blob.core.windows.net/c/pets.tgz?sv=2022-11-02&se=2026&sig=***",
+        ),
+        (
+            "https://storage.googleapis.com/b/pets.tgz?X-Goog-Signature=ff&x-goog-date=1",
+            "https://storage.googleapis.com/b/pets.tgz?X-Goog-Signature=***&x-goog-date=***",
+        ),
+        (
+            "http://h/pets.tgz?token=t&API_KEY=k&password=p&access_token=a&page=2#id_token=z",
+            "http://h/pets.tgz?token=***&API_KEY=***&password=***&access_token=***&page=2"
+            "#id_token=***",
+        ),
+        ("https://s3.amazonaws.com/fast-ai-imageclas/oxford-iiit-pet.tgz", None),
+        ("data/my photos.tgz", None),
+        ("file:///home/me/pets.tgz", None),
+        ("/abs/path?token=not-a-url.tgz", None),
+    ],
+)
+def test_urls_are_redacted_where_they_are_recorded(url: str, expected: str | None) -> None:
+    assert redact_url(url) == (expected or url)
+
+
+def test_the_manifest_and_messages_hold_no_secrets(tmp_path: Path, server, monkeypatch) -> None:
+    url, handler = server
+    archive = _tar(tmp_path / "src.tgz", [_file("pets/a.txt", b"a" * 50)])
+    handler.payload = archive.read_bytes()
+    monkeypatch.setenv("PETS_ARCHIVES", str(tmp_path / "store"))
+    signed = f"{url}?X-Amz-Signature=s3cr3t&token=t0k3n"
+    fetched = fetch(signed, None)
+    written = dataset_manifest(signed, fetched, "pets", 1)
+    assert "s3cr3t" not in str(written) and "t0k3n" not in str(written)
+    assert written["url"].endswith("pets.tgz?X-Amz-Signature=***&token=***")
+    assert written["archive"] == "pets.tgz"
+    with pytest.raises(PetsError) as error:
+        fetch(signed, "0" * 32)
+    assert "s3cr3t" not in str(error.value) and "***" in str(error.value)
+    with pytest.raises(PetsError) as error:
+        fetch("http://127.0.0.1:9/pets.tgz?sig=s3cr3t", None, timeout=5)
+    assert "s3cr3t" not in str(error.value)
+    assert isinstance(fetched, Fetched)

@@ -210,3 +210,19 @@ def test_validation_class_missing_from_training(tmp_path: Path) -> None:
         PetsError, match="1 validation classes never occur in training, e.g. 'zebra'"
     ):
         label_dataset(LabelsParams(method="folder", folder=""), tmp_path / "imagenet", seed=2)
+
+
+def test_label_files_that_are_not_regular_files_or_text(tmp_path: Path) -> None:
+    import os
+
+    from pets.labels import read_label_csv, read_label_list
+
+    os.mkfifo(tmp_path / "labels.csv")
+    with pytest.raises(PetsError, match="labels.csv_file: .* is a FIFO"):
+        read_label_csv(tmp_path / "labels.csv")  # reading it would block for ever
+    os.mkfifo(tmp_path / "labels.txt")
+    with pytest.raises(PetsError, match="labels.labels_file: .* is a FIFO"):
+        read_label_list(tmp_path / "labels.txt", 1)
+    (tmp_path / "latin.txt").write_bytes(b"caf\xe9\n")
+    with pytest.raises(PetsError, match="labels.labels_file: .* is not UTF-8 text"):
+        read_label_list(tmp_path / "latin.txt", 1)

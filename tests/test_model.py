@@ -152,3 +152,36 @@ def test_imagenet_offline_says_where_to_put_the_file(monkeypatch, tmp_path: Path
     assert str(tmp_path / "hub" / "checkpoints" / "resnet34-b627a593.pth") in message
     assert "https://download.pytorch.org/models/resnet34-b627a593.pth" in message
     assert "train_frozen.weights to none" in message
+
+
+def test_state_dicts_without_batch_norm_counters_load_as_torch_loads_them(tmp_path: Path) -> None:
+    # Older torch, TF/Keras conversions and many published checkpoints have no
+    # num_batches_tracked buffers; torch's strict load accepts them, and so must `weights:`.
+    reference = torchvision.models.resnet18(weights=None)
+    state = {k: v for k, v in reference.state_dict().items() if "num_batches_tracked" not in k}
+    torchvision.models.resnet18(weights=None).load_state_dict(state, strict=True)  # torch: fine
+    torch.save(state, tmp_path / "converted.pth")
+    body = create_body("resnet18", str(tmp_path / "converted.pth"), "train_frozen.weights")
+    assert torch.equal(body.module[1].running_mean, reference.bn1.running_mean)
+    # Still refused: a missing weight, a missing running statistic, a wrong shape.
+    for dropped in ("layer2.0.bn1.weight", "layer2.0.bn1.running_var"):
+        torch.save({k: v for k, v in state.items() if k != dropped}, tmp_path / "less.pth")
+        with pytest.raises(PetsError, match=f"has no key '{dropped}' \\(first of 1 missing\\)"):
+            create_body("resnet18", str(tmp_path / "less.pth"), "train_frozen.weights")
+    torch.save(dict(state, **{"bn1.weight": torch.ones(3)}), tmp_path / "shape.pth")
+    with pytest.raises(PetsError, match=r"key 'bn1.weight' has shape \(3,\), the model needs"):
+        create_body("resnet18", str(tmp_path / "shape.pth"))
+
+
+def test_weights_files_that_are_not_state_dicts(tmp_path: Path) -> None:
+    import os
+
+    state = torchvision.models.resnet18(weights=None).state_dict()
+    torch.save({"epoch": 3, **state}, tmp_path / "training.pth")
+    with pytest.raises(PetsError, match="is not a state_dict \\(key 'epoch' holds int"):
+        create_body("resnet18", str(tmp_path / "training.pth"), "train_frozen.weights")
+    torch.save({"state_dict": state}, tmp_path / "wrapped.pth")  # Lightning-style: unwrapped
+    create_body("resnet18", str(tmp_path / "wrapped.pth"))
+    os.mkfifo(tmp_path / "fifo.pth")
+    with pytest.raises(PetsError, match="is a FIFO \\(named pipe\\), not a state_dict file"):
+        create_body("resnet18", str(tmp_path / "fifo.pth"))

@@ -122,7 +122,9 @@ def test_predict_refuses_bad_models_options_and_folders(snakemade: Path, tmp_pat
     del spec["classes"]
     (damaged / SPEC).write_text(json.dumps(spec))
     lacking = _pets("predict", str(damaged), str(photo))
-    assert lacking.returncode == 1 and "lacks classes; export the model again" in lacking.stderr
+    assert (
+        lacking.returncode == 1 and f"{damaged / SPEC}: classes: field required" in lacking.stderr
+    )
 
 
 def _export(project: Path, out: Path, export: str) -> subprocess.CompletedProcess[str]:

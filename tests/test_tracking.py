@@ -159,3 +159,13 @@ def test_four_stages_logging_at_once_lose_nothing(tmp_path: Path) -> None:
     for run in stages:
         for metric in ("train_loss", "valid_loss", "error_rate"):
             assert len(client.get_metric_history(run.info.run_id, metric)) == 40
+
+
+def test_urls_are_recorded_without_their_secrets() -> None:
+    from pets.tracking import redacted
+
+    flat = {"data.url": "https://me:pw@host/p.tgz?X-Amz-Signature=abc&v=1", "seed": 2}
+    shown = redacted(flat)
+    assert "pw" not in shown["data.url"] and "abc" not in shown["data.url"]
+    assert shown["data.url"].startswith("https://***@host/p.tgz?") and "v=1" in shown["data.url"]
+    assert shown["seed"] == 2 and redacted({"seed": 2}) == {"seed": 2}

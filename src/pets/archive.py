@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import http.client
 import os
 import posixpath
+import re
+import shutil
 import stat
 import tarfile
 import urllib.error
@@ -13,13 +17,55 @@ import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from tqdm.auto import tqdm
 
+from pets.config import DataParams, shown
 from pets.errors import PetsError
 from pets.files import md5_file, remove
 
 CHUNK = 1 << 20
+
+
+# Query keys whose values are secrets in signed or authenticated URLs (S3, GCS, Azure SAS,
+# CloudFront, API tokens): matched case-insensitively, as whole names or as parts of them.
+SECRET_KEYS = re.compile(
+    r"(^x-(amz|goog)-)|token|sig|signature|key|credential|password|passwd|pwd|secret|auth|"
+    r"session|policy",
+    re.IGNORECASE,
+)
+REDACTED = "***"
+
+
+def _redact_pairs(text: str) -> str:
+    parts = []
+    for part in text.split("&"):
+        name, equals, _ = part.partition("=")
+        if equals and SECRET_KEYS.search(urllib.parse.unquote_plus(name)):
+            part = f"{name}={REDACTED}"
+        parts.append(part)
+    return "&".join(parts)
+
+
+def redact_url(url: str) -> str:
+    """`url` as it may be recorded or shown (MLflow params and tags, `data/dataset.json`,
+    messages): user name and password replaced by `***`, and so are the values of query (and
+    fragment) keys that carry secrets (token, sig, signature, key, credential, password,
+    X-Amz-*, X-Goog-*, ...). Paths and other URLs come back unchanged."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return url
+    if not parts.scheme or (parts.scheme == "file" and not parts.netloc):
+        return url
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = f"{REDACTED}@{netloc.rpartition('@')[2]}"
+    fragment = _redact_pairs(parts.fragment) if "=" in parts.fragment else parts.fragment
+    return urllib.parse.urlunsplit(
+        (parts.scheme, netloc, parts.path, _redact_pairs(parts.query), fragment)
+    )
 
 
 def archive_store() -> Path:
@@ -37,7 +83,7 @@ def archive_name(url: str) -> str:
     path = parsed.path if parsed.scheme in ("http", "https", "file") else url
     name = posixpath.basename(urllib.parse.unquote(path).rstrip("/"))
     if not name:
-        raise PetsError(f"data.url: {url!r} does not name an archive file")
+        raise PetsError(f"data.url: {shown(redact_url(url))} does not name an archive file")
     return name
 
 
@@ -58,12 +104,14 @@ def local_path(url: str) -> Path | None:
 def _verify(path: Path, md5: str | None, url: str) -> str:
     actual = md5_file(path)
     if md5 is not None and actual != md5:
-        raise PetsError(f"data.md5: {url} has md5 {actual}, expected {md5}")
+        raise PetsError(f"data.md5: {redact_url(url)} has md5 {actual}, expected {md5}")
     return actual
 
 
 def _download(url: str, target: Path, md5: str | None, timeout: float) -> str:
-    """Stream `url` into `target.part`, resuming a partial download, then verify and rename."""
+    """Stream `url` into `target.part`, resuming a partial download, then verify and rename.
+    Messages show the URL redacted (`redact_url`)."""
+    shown_url = redact_url(url)
     part = target.with_name(target.name + ".part")
     done = part.stat().st_size if part.exists() else 0
     request = urllib.request.Request(url, headers={"Range": f"bytes={done}-"} if done else {})
@@ -74,13 +122,13 @@ def _download(url: str, target: Path, md5: str | None, timeout: float) -> str:
             response = None
         else:
             raise PetsError(
-                f"data.url: cannot download {url}: HTTP {exc.code} {exc.reason}"
+                f"data.url: cannot download {shown_url}: HTTP {exc.code} {exc.reason}"
             ) from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise PetsError(
-            f"data.url: cannot download {url} ({reason}); download it yourself and set data.url "
-            "to the file's path"
+            f"data.url: cannot download {shown_url} ({reason}); download it yourself and set "
+            "data.url to the file's path"
         ) from None
     if response is not None:
         with response:
@@ -98,14 +146,26 @@ def _download(url: str, target: Path, md5: str | None, timeout: float) -> str:
                     mininterval=1,
                 ) as bar,
             ):
-                while block := response.read(CHUNK):
-                    out.write(block)
-                    bar.update(len(block))
+                try:
+                    while block := response.read(CHUNK):
+                        out.write(block)
+                        bar.update(len(block))
+                except OSError as exc:
+                    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                        raise PetsError(
+                            f"data.url: the disk under {part.parent} filled up while downloading "
+                            f"{shown_url} ({exc.strerror}); free some space (or set "
+                            "$PETS_ARCHIVES to another disk) and run the stage again"
+                        ) from None
+                    if not isinstance(exc, ConnectionError | TimeoutError):
+                        raise
+                except http.client.HTTPException:
+                    pass  # a connection cut mid-body: resumed below like any short download
         received = part.stat().st_size
         if total is not None and received < total:
             raise PetsError(
-                f"data.url: the download of {url} stopped at {received:,} of {total:,} bytes; "
-                "run the stage again to resume it"
+                f"data.url: the download of {shown_url} stopped at {received:,} of {total:,} "
+                "bytes; run the stage again to resume it"
             )
     try:
         actual = _verify(part, md5, url)
@@ -152,33 +212,115 @@ def _inside(name: str) -> str:
         or PurePosixPath(name).is_absolute()
         or ":" in name.split("/")[0]
     ):
-        raise PetsError(f"refusing archive member {name!r}: absolute path")
+        raise PetsError(f"refusing archive member {shown(name)}: absolute path")
     normal = posixpath.normpath(name)
     if normal == ".." or normal.startswith("../"):
-        raise PetsError(f"refusing archive member {name!r}: it would land outside the data folder")
+        raise PetsError(
+            f"refusing archive member {shown(name)}: it would land outside the data folder"
+        )
     return normal
 
 
-def _check_tar(members: list[tarfile.TarInfo]) -> None:
-    for member in members:
-        name = _inside(member.name)
-        if member.issym():
-            if member.linkname.startswith("/"):
-                raise PetsError(f"refusing archive member {member.name!r}: absolute link target")
-            _inside(posixpath.join(posixpath.dirname(name), member.linkname))
-        elif member.islnk():
-            _inside(member.linkname)
-        elif not (member.isfile() or member.isdir()):
-            raise PetsError(f"refusing archive member {member.name!r}: not a file or folder")
+def _utf8(name: str) -> None:
+    """Refuse a name that is not valid UTF-8 (tarfile keeps such bytes as surrogates): no later
+    stage could write it into a CSV or JSON file."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise PetsError(
+            f"refusing archive member {shown(name)}: its name is not valid UTF-8; rename it "
+            "and pack the archive again"
+        ) from None
 
 
-def _check_zip(infos: list[zipfile.ZipInfo]) -> None:
-    for info in infos:
-        _inside(info.filename)
-        if stat.S_ISLNK(info.external_attr >> 16):
+class _Budget:
+    """Counts members and bytes as an archive is read, against the `data.max_*` limits; the
+    ratio limit applies past `RATIO_FLOOR` bytes (small archives of text compress far)."""
+
+    RATIO_FLOOR = 64 << 20
+
+    def __init__(self, archive: Path, limits: DataParams) -> None:
+        self.archive, self.limits = archive, limits
+        self.archive_bytes = max(1, archive.stat().st_size)
+        self.members = self.bytes = 0
+        self.files: set[str] = set()
+        self.folders: set[str] = set()
+
+    def add(self, name: str, size: int, is_file: bool) -> None:
+        self.members += 1
+        self.bytes += max(0, size)
+        limits = self.limits
+        if self.members > limits.max_members:
             raise PetsError(
-                f"refusing archive member {info.filename!r}: links are not allowed in zips"
+                f"data.max_members: {self.archive} holds more than {limits.max_members:,} "
+                "members; raise data.max_members if the data set really is that large"
             )
+        if self.bytes > limits.max_extract_bytes:
+            raise PetsError(
+                f"data.max_extract_bytes: {self.archive} would extract to more than "
+                f"{limits.max_extract_bytes:,} bytes; raise data.max_extract_bytes if the data "
+                "set really is that large"
+            )
+        if self.bytes > self.RATIO_FLOOR and self.bytes > limits.max_ratio * self.archive_bytes:
+            raise PetsError(
+                f"data.max_ratio: {self.archive} ({self.archive_bytes:,} bytes) would extract to "
+                f"more than {limits.max_ratio:g} times its size (a compression bomb?); raise "
+                "data.max_ratio if you trust it"
+            )
+        parts = name.split("/")
+        parents = ["/".join(parts[:depth]) for depth in range(1, len(parts))]
+        if any(parent in self.files for parent in parents) or (is_file and name in self.folders):
+            raise PetsError(
+                f"refusing archive member {shown(name)}: a file and a folder share its path"
+            )
+        self.folders.update(parents)
+        if is_file:
+            self.files.add(name)
+
+
+def _check_tar_member(member: tarfile.TarInfo) -> str:
+    """The member's normalised name, after refusing anything but plain files and folders:
+    links (symbolic or hard) are refused altogether, since a data set needs none and a link
+    checked in one place can point elsewhere once the top folder moves up (and, before
+    `tarfile.data_filter`, a chain of them escaped the folder)."""
+    _utf8(member.name)
+    name = _inside(member.name)
+    if member.issym() or member.islnk():
+        raise PetsError(
+            f"refusing archive member {shown(member.name)}: links are not allowed in data "
+            "archives (pack the files themselves: tar --dereference)"
+        )
+    if member.issparse():
+        raise PetsError(
+            f"refusing archive member {shown(member.name)}: sparse files are not allowed"
+        )
+    if not (member.isfile() or member.isdir()):
+        raise PetsError(f"refusing archive member {shown(member.name)}: not a file or folder")
+    return name
+
+
+def _safe_tar_member(member: tarfile.TarInfo) -> tarfile.TarInfo:
+    """Owner and permission bits a data file may have (what `tarfile.data_filter` also does):
+    owned by whoever extracts, readable, never setuid, writable by the owner only."""
+    member.uid, member.gid, member.uname, member.gname = os.getuid(), os.getgid(), "", ""
+    executable = member.mode & 0o100 or member.isdir()
+    member.mode = 0o755 if executable else 0o644
+    return member
+
+
+def _check_zip_member(info: zipfile.ZipInfo) -> str:
+    name = _inside(info.filename)
+    if stat.S_ISLNK(info.external_attr >> 16):
+        raise PetsError(
+            f"refusing archive member {shown(info.filename)}: links are not allowed in data "
+            "archives"
+        )
+    if info.flag_bits & 0x1:
+        raise PetsError(
+            f"refusing archive member {shown(info.filename)}: it is encrypted; pack it without "
+            "a password"
+        )
+    return name
 
 
 def _top_folder(names: list[str]) -> str | None:
@@ -190,16 +332,20 @@ def _top_folder(names: list[str]) -> str | None:
     return top if any(name.startswith(top + "/") for name in names) else None
 
 
-def extract(archive: Path, target: Path) -> str | None:
+def extract(archive: Path, target: Path, limits: DataParams | None = None) -> str | None:
     """Extract `archive` (tar, tar.gz/tgz, zip) into the folder `target`, refusing members that
-    would land outside it; when everything lies in one top-level folder, that folder becomes
-    `target`. Returns that folder's name, or None. `target` appears only when complete."""
+    would land outside it, links, special files, names that are not UTF-8, and archives past
+    the `data.max_*` limits in `limits` (the data section; defaults when None); when
+    everything lies in one top-level folder, that folder becomes `target`. Returns that
+    folder's name, or None. `target` appears only when complete; a full disk is one line
+    naming the folder."""
+    limits = limits or DataParams()
     target.parent.mkdir(parents=True, exist_ok=True)
     for stale in target.parent.glob(f".{target.name}.extract-*"):
         remove(stale)
     tmp = target.with_name(f".{target.name}.extract-{os.getpid()}")
     try:
-        names = _extract_checked(archive, tmp)
+        names = _extract_checked(archive, tmp, _Budget(archive, limits))
         top = _top_folder(names)
         remove(target)
         os.replace(tmp / top if top else tmp, target)
@@ -208,29 +354,79 @@ def extract(archive: Path, target: Path) -> str | None:
         remove(tmp)
 
 
-def _extract_checked(archive: Path, folder: Path) -> list[str]:
+def _room(folder: Path, needed: int) -> None:
+    """Refuse to start when the disk under `folder` lacks `needed` bytes."""
+    free = shutil.disk_usage(folder).free
+    if needed > free:
+        raise PetsError(
+            f"data.url: the archive extracts to {needed:,} bytes, but {folder} has only "
+            f"{free:,} bytes free; free some space or move the project"
+        )
+
+
+def _disk_full(exc: OSError, folder: Path) -> PetsError | None:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return PetsError(
+            f"data.url: the disk under {folder} filled up while extracting ({exc.strerror}); "
+            "free some space and run the stage again"
+        )
+    return None
+
+
+def _extract_checked(archive: Path, folder: Path, budget: _Budget) -> list[str]:
     """Check every member, then extract them all into `folder`; returns the member names."""
     try:
         if zipfile.is_zipfile(archive):
             with zipfile.ZipFile(archive) as opened:
                 infos = opened.infolist()
-                _check_zip(infos)
+                names = []
+                for info in infos:
+                    names.append(_check_zip_member(info))
+                    budget.add(names[-1], info.file_size, not info.is_dir())
+                _room(folder.parent, budget.bytes)
                 opened.extractall(folder)
-                return [posixpath.normpath(info.filename) for info in infos]
+                return names
         if tarfile.is_tarfile(archive):
             with tarfile.open(archive) as opened:
-                members = opened.getmembers()  # reads to the end: a truncated file fails here
-                _check_tar(members)
+                members, names = [], []
+                # Read member by member (to the end: a truncated file fails here), so a bomb's
+                # first huge header stops it before its data is decompressed.
+                for member in opened:
+                    names.append(_check_tar_member(member))
+                    budget.add(names[-1], member.size, member.isfile())
+                    members.append(_safe_tar_member(member))
+                _room(folder.parent, budget.bytes)
                 if hasattr(tarfile, "data_filter"):  # PEP 706 checks again as it writes
-                    opened.extractall(folder, filter="data")
-                else:
-                    opened.extractall(folder)
-                return [posixpath.normpath(member.name) for member in members]
+                    opened.extractall(folder, members, filter="data")
+                else:  # sound without it: no links, names checked, modes made safe above
+                    opened.extractall(folder, members)
+                return names
     except PetsError:
         raise
-    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
+    except OSError as exc:
+        full = _disk_full(exc, folder.parent)
+        if full:
+            raise full from None
         raise PetsError(f"data.url: {archive} is truncated or corrupt ({exc})") from None
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, ValueError) as exc:
+        raise PetsError(f"data.url: {archive} is truncated or corrupt ({exc})") from None
+    except (NotImplementedError, RuntimeError) as exc:  # zip: unsupported compression, password
+        raise PetsError(f"data.url: {archive} cannot be extracted ({exc})") from None
     raise PetsError(f"data.url: {archive} is not a .tgz, .tar.gz, .tar or .zip archive")
+
+
+def dataset_manifest(
+    url: str, fetched: Fetched, top_folder: str | None, files: int
+) -> dict[str, Any]:
+    """`data/dataset.json`: what the download stage extracted, from where (the URL redacted)."""
+    return {
+        "url": redact_url(url),
+        "archive": archive_name(url),
+        "md5": fetched.md5,
+        "bytes": fetched.size,
+        "top_folder": top_folder,
+        "files": files,
+    }
 
 
 def count_files(folder: Path) -> int:

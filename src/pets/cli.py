@@ -100,6 +100,21 @@ def runs_table(project: Path, every: bool = False, limit: int = 50) -> pd.DataFr
     return pd.DataFrame(rows)
 
 
+def printable(text: str) -> str:
+    """`text` safe for a terminal line: control characters (escape sequences, newlines, ...)
+    written as `\\x..` escapes; everything else (spaces, `$`, `%`, quotes, any script) as is."""
+    import unicodedata
+
+    if text.isprintable():
+        return text
+    return "".join(
+        ch.encode("unicode_escape", "backslashreplace").decode("ascii")
+        if unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp")
+        else ch
+        for ch in text
+    )
+
+
 def print_predictions(args: argparse.Namespace) -> int:
     """Predict and print in the chosen format; returns how many photos could not be read."""
     import csv
@@ -133,11 +148,15 @@ def print_predictions(args: argparse.Namespace) -> int:
             writer.writerow([r.path, *cells, *[""] * (2 * predictor.top_k - len(cells)), r.error])
     else:
         for r in results:
-            shown = "  ".join(f"{c} {p:.3f}" for c, p in r.top) if r.top else f"error: {r.error}"
-            print(f"{r.path}  {shown}")
+            shown = (
+                "  ".join(f"{printable(c)} {p:.3f}" for c, p in r.top)
+                if r.top
+                else f"error: {printable(r.error)}"
+            )
+            print(f"{printable(r.path)}  {shown}")
     for r in results:
         if r.error:
-            print(f"pets predict: {r.error}", file=sys.stderr)
+            print(f"pets predict: {printable(r.error)}", file=sys.stderr)
     return sum(1 for r in results if r.error)
 
 

@@ -6,6 +6,7 @@ key and what it accepts (`PetsError`)."""
 from __future__ import annotations
 
 import re
+import reprlib
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
@@ -54,10 +55,16 @@ TORCHVISION_ARCHS = (
 )
 
 
-class Section(BaseModel):
-    """A params section: unknown keys are errors and values cannot change once loaded."""
+# Seeds offset per purpose (data.py adds up to ~2e6) must stay within what torch's and numpy's
+# generators take (unsigned 64 and 32 bits): a seed is at most 2**32 - 1.
+MAX_SEED = 2**32 - 1
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+
+class Section(BaseModel):
+    """A params section: unknown keys are errors, values cannot change once loaded, types are
+    strict (`bs: true` is not 1, `size: 224.0` is not 224) and numbers finite (no .nan, .inf)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 def _relative(value: str) -> str:
@@ -80,6 +87,20 @@ class DataParams(Section):
 
     url: str = Field(PETS_URL, min_length=1, description="http(s)/file:// URL or local path")
     md5: str | None = Field(PETS_MD5, description="expected md5 of the archive; null: no check")
+    # Limits no real data set meets (Pets: 0.8 GB, 15k members; ImageNet: 150 GB, 1.3M), so a
+    # crafted archive cannot fill the disk or exhaust inodes.
+    max_extract_bytes: int = Field(
+        2**40, ge=1, le=2**50, description="most bytes an archive may extract to (1 TiB)"
+    )
+    max_members: int = Field(
+        5_000_000, ge=1, le=10**9, description="most files and folders an archive may hold"
+    )
+    max_ratio: float = Field(
+        200.0,
+        ge=1,
+        le=1e9,
+        description="most extracted bytes per archive byte, past 64 MiB (photos compress ~1x)",
+    )
 
     @field_validator("md5")
     @classmethod
@@ -172,14 +193,15 @@ LR_HELP = (
 
 def _check_lr(value: Any) -> Any:
     values = value if isinstance(value, list) else [value]
-    if not 1 <= len(values) <= 2 or any(v <= 0 for v in values):
-        raise ValueError(f"must be {LR_HELP}, all > 0")
+    if not 1 <= len(values) <= 2 or not all(0 < v <= 1e3 for v in values):
+        raise ValueError(f"must be {LR_HELP}, each above 0 and at most 1000")
     if len(values) == 2 and values[0] > values[1]:
         raise ValueError("[low, high] needs low <= high")
     return value
 
 
-def _check_arch(value: str) -> str:
+def check_arch(value: str) -> str:
+    """`value` if it names a supported architecture; ValueError otherwise."""
     if value in TORCHVISION_ARCHS or (value.startswith("timm:") and len(value) > 5):
         return value
     raise ValueError(
@@ -202,7 +224,7 @@ class TrainParams(Section):
     wd: float = Field(0.01, ge=0, le=1, description="decoupled weight decay (not on norms, biases)")
     compile: bool = Field(False, description="torch.compile (CUDA graphs): pays on long runs")
 
-    _arch = field_validator("arch")(classmethod(lambda cls, v: _check_arch(v)))
+    _arch = field_validator("arch")(classmethod(lambda cls, v: check_arch(v)))
     _lr = field_validator("lr")(classmethod(lambda cls, v: _check_lr(v)))
 
 
@@ -224,8 +246,8 @@ class LrFindParams(Section):
     """`lr_find`: the learning-rate range test on the unfrozen stage-1 model."""
 
     bs: int = Field(64, ge=1, le=4096, description="batch size")
-    start_lr: float = Field(1e-7, gt=0, description="first learning rate")
-    end_lr: float = Field(10.0, gt=0, description="last learning rate")
+    start_lr: float = Field(1e-7, gt=0, le=1e3, description="first learning rate")
+    end_lr: float = Field(10.0, gt=0, le=1e3, description="last learning rate")
     num_it: int = Field(100, ge=5, le=10000, description="batches, lr growing exponentially")
     stop_div: bool = Field(True, description="stop once the smoothed loss passes 4x its best")
 
@@ -263,7 +285,7 @@ class InterpretParams(Section):
     """`interpret` (the lesson's ClassificationInterpretation), computed from predictions."""
 
     k: int = Field(9, ge=1, le=100, description="plot_top_losses(k)")
-    min_val: int = Field(2, ge=1, description="most_confused(min_val)")
+    min_val: int = Field(2, ge=1, le=10**9, description="most_confused(min_val)")
     bootstrap: int = Field(1000, ge=100, le=100000, description="bootstrap resamples")
     confidence: float = Field(0.95, gt=0.5, lt=1, description="interval level")
 
@@ -284,7 +306,7 @@ class ExportParams(Section):
         False, description="also write model.torchscript.pt (torch.jit.trace, deprecated)"
     )
     onnx: bool = Field(True, description="also write model.onnx")
-    tolerance: float = Field(1e-3, gt=0, description="largest |logit difference| allowed")
+    tolerance: float = Field(1e-3, gt=0, le=1e3, description="largest |logit difference| allowed")
     check_images: int = Field(64, ge=1, le=4096, description="validation photos checked")
 
 
@@ -297,7 +319,9 @@ class LaunchParams(Section):
 class Params(Section):
     """All of `params.yaml`: shared keys, then one section per stage."""
 
-    seed: int = Field(2, ge=0, description="seeds the split, shuffling, augmentation and init")
+    seed: int = Field(
+        2, ge=0, le=MAX_SEED, description="seeds the split, shuffling, augmentation and init"
+    )
     device: Literal["auto", "cuda", "cpu"] = Field("auto", description="auto = cuda if present")
     precision: Literal["auto", "bf16", "fp32"] = Field(
         "auto", description="auto = bf16 autocast on GPUs that have it, fp32 on the CPU"
@@ -357,21 +381,40 @@ def _allowed(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     return list(model.model_fields)
 
 
-def describe(error: ValidationError, source: str) -> str:
-    """The first validation problem as one line: `source: key: what is wrong (got value)`."""
+SHOWN = reprlib.Repr()  # attributes, not keywords: Python 3.10 and 3.11 take none
+SHOWN.maxlevel, SHOWN.maxtuple, SHOWN.maxlist, SHOWN.maxdict = 3, 4, 4, 4
+SHOWN.maxstring = SHOWN.maxother = 60
+SHOWN_CHARS = 100
+
+
+def shown(value: Any, limit: int = SHOWN_CHARS) -> str:
+    """`repr(value)` cut to a readable length, without building the whole repr first (a value
+    made of YAML aliases can be huge once written out)."""
+    text = SHOWN.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def describe(error: ValidationError, source: str, model: type[BaseModel] | None = None) -> str:
+    """The first validation problem as one line: `source: key: what is wrong (got value)`;
+    `model` is the validated class (default `Params`), for listing the keys allowed."""
     first = error.errors()[0]
-    loc = tuple(first["loc"])
+    # Union members add parts that are neither keys nor positions (`float`, `list[float]`).
+    loc = tuple(
+        p
+        for p in first["loc"]
+        if isinstance(p, int) or not (p.endswith("]") or p in ("float", "int", "str", "bool"))
+    )
     key = ".".join(str(part) for part in loc)
     if first["type"] == "extra_forbidden":
-        allowed = ", ".join(_allowed(Params, loc))
+        allowed = ", ".join(_allowed(model or Params, loc))
         return f"{source}: {key}: unknown key; allowed here: {allowed}"
-    message = first["msg"].removeprefix("Value error, ")
+    message = " ".join(first["msg"].removeprefix("Value error, ").split())
     if re.match(rf"{re.escape(key)}[.:]", message):
         return f"{source}: {message}"
     got = first.get("input")
-    shown = "" if isinstance(got, dict) or got is None else f" (got {got!r})"
+    echo = "" if isinstance(got, dict) or got is None else f" (got {shown(got)})"
     prefix = f"{key}: " if key else ""
-    return f"{source}: {prefix}{message[:1].lower()}{message[1:]}{shown}"
+    return f"{source}: {prefix}{message[:1].lower()}{message[1:]}{echo}"
 
 
 def parse_params(raw: Any, source: str = "params.yaml") -> Params:
@@ -386,15 +429,91 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
         raise PetsError(describe(exc, source)) from None
 
 
-def load_params(path: str | Path = "params.yaml") -> Params:
-    """Read and validate `params.yaml`."""
-    path = Path(path)
+class ParamsLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading `1e-3` as a number as YAML 1.2 (and DVC) do; PyYAML's
+    YAML 1.1 rules need a dot (`1.0e-3`) and would give the string '1e-3'."""
+
+
+ParamsLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+# A params file is a few hundred lines: anything far bigger is refused before it is parsed, and a
+# document whose aliases expand to more values than this is refused before it is built.
+MAX_PARAMS_BYTES = 1 << 20
+MAX_PARAMS_VALUES = 100_000
+
+
+def _expanded_size(root: yaml.Node, limit: int) -> int:
+    """How many values `root` holds once every alias is written out, counting up to past
+    `limit` (aliases share nodes: each node's size is computed once)."""
+    sizes: dict[int, int] = {}
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    visiting: set[int] = set()
+    while stack:
+        node, children_done = stack.pop()
+        if id(node) in sizes:
+            continue
+        if isinstance(node, yaml.MappingNode):
+            children = [part for pair in node.value for part in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        else:
+            children = []
+        if not children_done:
+            if id(node) in visiting:
+                return limit + 1  # an alias to its own ancestor: endless once written out
+            visiting.add(id(node))
+            stack.append((node, True))
+            stack.extend((child, False) for child in children if id(child) not in sizes)
+            continue
+        if any(id(child) not in sizes for child in children):
+            return limit + 1  # a child still being visited: a cycle
+        sizes[id(node)] = min(limit + 1, 1 + sum(sizes[id(child)] for child in children))
+        visiting.discard(id(node))
+    return sizes[id(root)]
+
+
+def read_yaml(path: Path) -> Any:
+    """A small YAML file as plain data, or a one-line `PetsError` naming it: refused when it is
+    not a regular file, is over `MAX_PARAMS_BYTES`, is not UTF-8, is not valid YAML or expands
+    (through aliases) to more than `MAX_PARAMS_VALUES` values."""
+    from pets.files import not_regular
+
+    why = not_regular(path)
+    if why == "not found":
+        raise PetsError(f"{path}: params file not found")
+    if why:
+        raise PetsError(f"{path}: the params file is {why}, not a regular file")
+    if path.stat().st_size > MAX_PARAMS_BYTES:
+        raise PetsError(f"{path}: {path.stat().st_size:,} bytes; a params file is at most 1 MiB")
     try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise PetsError(f"{path}: params file not found") from None
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PetsError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    loader = ParamsLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _expanded_size(node, MAX_PARAMS_VALUES) > MAX_PARAMS_VALUES:
+            raise PetsError(
+                f"{path}: expands to more than {MAX_PARAMS_VALUES:,} values once its YAML "
+                "aliases (&name, *name) are written out; write the values out instead"
+            )
+        return loader.construct_document(node)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise PetsError(f"{path}:{where} is not valid YAML") from None
-    return parse_params(raw, str(path))
+    except RecursionError:
+        raise PetsError(f"{path}: nested too deeply to be a params file") from None
+    finally:
+        loader.dispose()
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate `params.yaml`."""
+    path = Path(path)
+    return parse_params(read_yaml(path), str(path))

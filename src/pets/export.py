@@ -12,9 +12,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from pets.config import shown
 from pets.errors import PetsError
-from pets.files import atomic_path, write_json
+from pets.files import atomic_path, not_regular, write_json
 from pets.model import create_body, create_cnn
+from pets.modelspec import ModelSpec
 
 SPEC_FORMAT = "pets.export/1"
 WEIGHTS, SPEC, TORCHSCRIPT, ONNX, PROGRAM = (
@@ -24,17 +26,17 @@ WEIGHTS, SPEC, TORCHSCRIPT, ONNX, PROGRAM = (
     "model.onnx",
     "model.pt2",
 )
-SPEC_KEYS = ("arch", "classes", "size", "presize", "mean", "std", "head", "weights")
+# model.json's keys that are about the file, not the model.
+EXPORT_ONLY = ("format", "input", "torch")
+MAX_SPEC_BYTES = 16 << 20  # 37 class names take 1 KB; 100,000 long ones fit
 
 
-def spec_of(info: dict[str, Any]) -> dict[str, Any]:
-    """What rebuilding and feeding a trained model needs, from its checkpoint's info."""
-    missing = [key for key in SPEC_KEYS if key not in info]
-    if missing:
-        raise PetsError(f"the checkpoint lacks {', '.join(missing)}; retrain it with this version")
+def spec_of(spec: ModelSpec) -> dict[str, Any]:
+    """The export's `model.json`: the model's spec (a checkpoint's record less how it was
+    trained), its format, how to feed it, and the torch version that wrote it."""
     return {
         "format": SPEC_FORMAT,
-        **{key: info[key] for key in SPEC_KEYS},
+        **spec.spec.to_dict(),
         "input": {
             "layout": "NCHW float32, RGB scaled to [0, 1] then (x - mean) / std",
             "preprocess": "long side resized to presize, centre square, resized to size",
@@ -57,36 +59,53 @@ def save_weights(model: nn.Module, spec: dict[str, Any], folder: Path) -> None:
     write_json(folder / SPEC, spec)
 
 
-def load_exported(folder: Path) -> tuple[nn.Module, dict[str, Any]]:
+def read_spec(path: Path) -> ModelSpec:
+    """An export's `model.json`, validated: one line naming the file and field when it is
+    wrong."""
+    why = not_regular(path)
+    if why == "not found":
+        raise PetsError(f"{path.parent}: no {SPEC}; point at an export folder or a .pth checkpoint")
+    if why:
+        raise PetsError(f"{path}: is {why}, not a regular file")
+    if path.stat().st_size > MAX_SPEC_BYTES:
+        raise PetsError(f"{path}: {path.stat().st_size:,} bytes; a model spec is at most 16 MiB")
+    try:
+        raw = json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise PetsError(f"{path}: not valid JSON ({shown(str(exc))})") from None
+    return parse_spec(raw, str(path))
+
+
+def parse_spec(raw: Any, source: str) -> ModelSpec:
+    """A loaded model.json (of an export folder or inside a .pt2 program), validated."""
+    if not isinstance(raw, dict) or raw.get("format") != SPEC_FORMAT:
+        found = raw.get("format") if isinstance(raw, dict) else None
+        raise PetsError(f"{source}: not a pets export (format {shown(found)})")
+    return ModelSpec.parse({k: v for k, v in raw.items() if k not in EXPORT_ONLY}, source)
+
+
+def load_exported(folder: Path) -> tuple[nn.Module, ModelSpec]:
     """The model an export folder holds (in eval mode, on the CPU) and its spec."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    spec = read_spec(folder / SPEC)
+    weights = folder / WEIGHTS
+    why = not_regular(weights)
+    if why:
+        raise PetsError(f"{weights}: cannot be read ({why})")
     try:
-        spec = json.loads((folder / SPEC).read_text())
-    except FileNotFoundError:
-        raise PetsError(
-            f"{folder}: no {SPEC}; point at an export folder or a .pth checkpoint"
-        ) from None
-    except json.JSONDecodeError as exc:
-        raise PetsError(f"{folder / SPEC}: not valid JSON ({exc})") from None
-    if not isinstance(spec, dict) or spec.get("format") != SPEC_FORMAT:
-        found = spec.get("format") if isinstance(spec, dict) else None
-        raise PetsError(f"{folder / SPEC}: not a pets export (format {found!r})")
-    missing = [key for key in SPEC_KEYS if key not in spec]
-    if missing:
-        raise PetsError(f"{folder / SPEC}: lacks {', '.join(missing)}; export the model again")
-    try:
-        state = load_file(str(folder / WEIGHTS))
+        state = load_file(str(weights))
     except (OSError, ValueError, SafetensorError) as exc:
-        raise PetsError(f"{folder / WEIGHTS}: cannot be read ({exc})") from None
-    model = create_cnn(create_body(spec["arch"], "none"), len(spec["classes"]))
+        raise PetsError(f"{weights}: cannot be read ({shown(str(exc))})") from None
+    spec.check_weights(state, str(weights))
+    model = create_cnn(create_body(spec.arch, "none", str(folder / SPEC)), len(spec.classes))
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
         raise PetsError(
-            f"{folder / WEIGHTS}: does not fit {spec['arch']} with "
-            f"{len(spec['classes'])} classes ({str(exc).splitlines()[0]})"
+            f"{weights}: does not fit {spec.arch} with "
+            f"{len(spec.classes)} classes ({str(exc).splitlines()[0][:300]})"
         ) from None
     return model.eval(), spec
 
@@ -143,7 +162,7 @@ class ProgramModule(nn.Module):
         return self
 
 
-def load_program(path: Path) -> tuple[nn.Module, dict[str, Any]]:
+def load_program(path: Path) -> tuple[nn.Module, ModelSpec]:
     """The model a .pt2 file holds (on the CPU) and the spec stored inside it."""
     extra = {SPEC: ""}
     try:
@@ -154,13 +173,10 @@ def load_program(path: Path) -> tuple[nn.Module, dict[str, Any]]:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
         raise PetsError(f"{path}: not a readable torch.export program ({first})") from None
     try:
-        spec = json.loads(extra[SPEC])
-    except json.JSONDecodeError:
+        raw = json.loads(extra[SPEC])
+    except (json.JSONDecodeError, RecursionError):
         raise PetsError(f"{path}: holds no {SPEC}; export the model again") from None
-    missing = [key for key in SPEC_KEYS if key not in spec] if isinstance(spec, dict) else ["all"]
-    if missing or spec.get("format") != SPEC_FORMAT:
-        raise PetsError(f"{path}: its {SPEC} is not a pets export spec; export the model again")
-    return ProgramModule(program.module()), spec
+    return ProgramModule(program.module()), parse_spec(raw, f"{path}: {SPEC}")
 
 
 def run_program(path: Path, images: torch.Tensor) -> np.ndarray:

@@ -19,6 +19,7 @@ import torch
 
 from pets.config import LabelsParams
 from pets.errors import PetsError
+from pets.files import not_regular
 from pets.images import IMAGE_EXTENSIONS, ImageCheck, check_image, find_images
 
 
@@ -44,8 +45,17 @@ def label_folder(paths: Iterable[str], train: str, valid: str) -> dict[str, tupl
     return labels
 
 
+def _readable(path: Path, key: str) -> None:
+    """Refuse, before opening it, a labels file that is a FIFO, a device or a folder (reading
+    would block or fail obscurely); a missing one is left to the caller's message."""
+    why = not_regular(path)
+    if why and why != "not found":
+        raise PetsError(f"{key}: {path} is {why}, not a regular file")
+
+
 def read_label_csv(csv_path: Path) -> pd.DataFrame:
     """A `name,label[,is_valid]` table, checked: no empty or duplicate names, no empty labels."""
+    _readable(csv_path, "labels.csv_file")
     try:
         table = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
     except FileNotFoundError:
@@ -85,10 +95,15 @@ def read_label_csv(csv_path: Path) -> pd.DataFrame:
 
 def read_label_list(labels_file: Path, count: int) -> list[str]:
     """One label per line, aligned with the sorted list of `count` photos."""
+    _readable(labels_file, "labels.labels_file")
     try:
-        lines = labels_file.read_text().splitlines()
+        lines = labels_file.read_bytes().decode("utf-8").splitlines()
     except FileNotFoundError:
         raise PetsError(f"labels.labels_file: {labels_file} not found") from None
+    except UnicodeDecodeError as exc:
+        raise PetsError(
+            f"labels.labels_file: {labels_file} is not UTF-8 text (byte {exc.start})"
+        ) from None
     while lines and not lines[-1].strip():
         lines.pop()
     labels = [line.strip() for line in lines]
@@ -245,11 +260,19 @@ def label_dataset(params: LabelsParams, dataset: Path, seed: int, threads: int =
     root = dataset / params.folder if params.folder else dataset
     if not root.is_dir():
         raise PetsError(f"labels.folder: {root} is not a folder")
-    found = [p.relative_to(root).as_posix() for p in find_images(root)]
-    if not found:
+    found, unnamed = [], []
+    for path in find_images(root):
+        name = path.relative_to(root).as_posix()
+        (found if _utf8(name) else unnamed).append(name)
+    if not found and not unnamed:
         raise PetsError(
             f"labels.folder: no image files under {root} "
             f"(looked for {', '.join(sorted(IMAGE_EXTENSIONS))})"
+        )
+    if not found:
+        raise PetsError(
+            f"labels.folder: the {len(unnamed)} image files under {root} all have names that "
+            f"are not valid UTF-8, e.g. {_printable(unnamed[0])!r}; rename them"
         )
     labels, fixed_split = _labels_by_method(params, dataset, root, found)
     unlabelled = {
@@ -258,6 +281,8 @@ def label_dataset(params: LabelsParams, dataset: Path, seed: int, threads: int =
         "csv": "not in the CSV",
     }.get(params.method, "no label")
     skipped = [(p, unlabelled) for p, label in labels.items() if label is None]
+    # Shown with \ufffd for the bytes that are not UTF-8: the split and JSON files hold text.
+    skipped += [(_printable(p), "file name is not valid UTF-8") for p in unnamed]
     candidates = [p for p, label in labels.items() if label is not None]
     checks = check_images(root, candidates, threads)
     skipped += [(p, check.problem) for p, check in checks.items() if check.problem]
@@ -282,7 +307,20 @@ def label_dataset(params: LabelsParams, dataset: Path, seed: int, threads: int =
     )
     validate_split(split, params)
     skipped_rows = sorted((prefix + p, reason) for p, reason in skipped)
-    return Labelled(split=split, found=len(found), skipped=skipped_rows)
+    return Labelled(split=split, found=len(found) + len(unnamed), skipped=skipped_rows)
+
+
+def _utf8(name: str) -> bool:
+    """Whether a file name found on disk is valid UTF-8 (others come back with surrogates)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _printable(name: str) -> str:
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def read_split(path: Path) -> pd.DataFrame:

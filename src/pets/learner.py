@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from pets.data import DeviceCanvases, Loader, load_subsets
 from pets.errors import PetsError
 from pets.files import md5_file, write_csv, write_json
 from pets.model import create_body, create_cnn, freeze, unfreeze
+from pets.modelspec import ModelRecord, ModelSpec
 from pets.tracking import Tracker
 from pets.train import (
     EpochRow,
@@ -43,17 +44,32 @@ class Learner:
     """A model with what it was built from, and the loaders that feed it."""
 
     model: nn.Sequential
-    info: dict[str, Any]  # arch, weights, classes, size, mean, std, split, head: the checkpoint's
+    spec: ModelSpec  # what the model is: arch, classes, sizes, normalisation, head
     train: Loader | None  # None when loaded for inference only
     valid: Loader
     compute: Compute  # the device, and bf16 autocast or not
     # What identifies this training's params and inputs, computed only when a fit resumes.
     fingerprint: Callable[[], str] = str
+    frozen: bool = False  # the body trains only its norms
+    fits: list[list[float]] = field(default_factory=list)  # lr per layer group of each fit here
 
     @property
     def split(self) -> str:
         """Where the body's second layer group starts."""
-        return self.info["split"]
+        return self.spec.split
+
+    def record(self, epochs: int) -> ModelRecord:
+        """The spec with how this learner trained it: what its checkpoint and model.json say."""
+        return ModelRecord.parse(
+            {
+                **self.spec.to_dict(),
+                "frozen": self.frozen,
+                "lr": self.fits,
+                "bs": self.train.bs if self.train else None,
+                "epochs": epochs,
+            },
+            "the trained model",
+        )
 
     def fit_one_cycle(
         self,
@@ -86,7 +102,7 @@ class Learner:
         keep = resume is not None and distributed.size() == 1
         fingerprint = self.fingerprint() if keep else ""
         lrs = spread_lr(lr)
-        self.info.setdefault("lr", []).append(lrs)
+        self.fits.append(list(lrs))
         print(
             f"{key}: fit_one_cycle({epochs}) lr per layer group {[f'{x:.2e}' for x in lrs]}",
             flush=True,
@@ -108,7 +124,7 @@ class Learner:
             ),
             key,
             self.train.bs,
-            self.info["size"],
+            self.spec.size,
         )
 
 
@@ -209,44 +225,58 @@ def create_learner(
     frozen = weights != "none"
     if frozen:
         freeze(model, body.split)
-    info = {
-        "arch": arch,
-        "weights": body.weights,
-        "classes": class_names,
-        "size": size,
-        "mean": list(body.mean),
-        "std": list(body.std),
-        "split": body.split,
-        "head": {"features": body.features, "hidden": HIDDEN, "dropout": list(DROPOUT)},
-        "frozen": frozen,
-        "presize": train.cache.size,  # photos reach the model from a canvas this size
-    }
+    spec = ModelSpec.parse(
+        {
+            "arch": arch,
+            "weights": body.weights,
+            "classes": class_names,
+            "size": size,
+            "mean": list(body.mean),
+            "std": list(body.std),
+            "split": body.split,
+            "head": {"features": body.features, "hidden": HIDDEN, "dropout": list(DROPOUT)},
+            "presize": train.cache.size,  # photos reach the model from a canvas this size
+        },
+        key,
+    )
     inputs = [split, classes, cache / "index.csv"]
     fingerprint = partial(training_fingerprint, params, key, inputs)
-    return Learner(_prepare(model, device), info, train, valid, compute, fingerprint)
+    return Learner(_prepare(model, device), spec, train, valid, compute, fingerprint, frozen)
 
 
-def rebuild_model(info: dict[str, Any], state: dict[str, torch.Tensor], key: str) -> nn.Sequential:
-    """The model a checkpoint describes, with its weights (nothing is downloaded)."""
-    body = create_body(info["arch"], "none", key)
-    model = create_cnn(body, len(info["classes"]))
+def rebuild_model(spec: ModelSpec, state: dict[str, torch.Tensor], source: str) -> nn.Sequential:
+    """The model a spec describes, with its weights (nothing is downloaded); `source` starts
+    every error line (`key: path`)."""
+    spec.check_weights(state, source)
+    body = create_body(spec.arch, "none", source)
+    model = create_cnn(body, len(spec.classes))
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
         first = str(exc).splitlines()[1].strip() if "\n" in str(exc) else str(exc)
         raise PetsError(
-            f"{key}: the weights do not fit {info['arch']} with "
-            f"{len(info['classes'])} classes ({first})"
+            f"{source}: the weights do not fit {spec.arch} with {len(spec.classes)} classes "
+            f"({first[:300]})"
         ) from None
     return model
 
 
-def load_trained_model(checkpoint: Path, key: str) -> tuple[nn.Sequential, dict[str, Any]]:
-    """A training checkpoint's model in eval mode on the CPU, and what the checkpoint says
-    about it (arch, classes, size, normalisation, ...)."""
+def read_checkpoint(checkpoint: Path, key: str) -> tuple[ModelRecord, dict[str, torch.Tensor]]:
+    """A training checkpoint's record (validated: one line naming the file and field when it
+    is wrong) and its state_dict."""
     saved = load_checkpoint(checkpoint, key)
-    info = {name: value for name, value in saved.items() if name not in ("model", "format")}
-    return rebuild_model(info, saved["model"], key).eval(), info
+    header = {name: value for name, value in saved.items() if name not in ("model", "format")}
+    state = saved.get("model")
+    if not isinstance(state, dict):
+        raise PetsError(f"{key}: {checkpoint}: model: must be a state_dict")
+    return ModelRecord.parse(header, f"{key}: {checkpoint}"), state
+
+
+def load_trained_model(checkpoint: Path, key: str) -> tuple[nn.Sequential, ModelRecord]:
+    """A training checkpoint's model in eval mode on the CPU, and its record (arch, classes,
+    size, normalisation, ...)."""
+    record, state = read_checkpoint(checkpoint, key)
+    return rebuild_model(record, state, f"{key}: {checkpoint}").eval(), record
 
 
 def load_learner(
@@ -262,9 +292,9 @@ def load_learner(
 ) -> Learner:
     """The model saved at `checkpoint`, fed at the size it was trained at; with `train=False`
     only the validation loader is built (inference)."""
-    saved = load_checkpoint(checkpoint, key)
+    record, state = read_checkpoint(checkpoint, key)
     # What the model is; the learning rates of earlier fits are not carried into this one.
-    info = {k: v for k, v in saved.items() if k not in ("model", "format", "lr")}
+    spec = record.spec
     compute = distributed.start(pick_compute(params.device, params.precision))
     device = compute.device
     train_loader, valid, class_names = _loaders(
@@ -273,31 +303,34 @@ def load_learner(
         cache,
         split,
         classes,
-        info["size"],
+        spec.size,
         bs,
-        tuple(info["mean"]),
-        tuple(info["std"]),
+        spec.mean,
+        spec.std,
         device,
         train_too=train,
     )
-    if info["classes"] != class_names:
+    if list(spec.classes) != class_names:
         raise PetsError(
-            f"{key}: {checkpoint} was trained on {len(info['classes'])} classes that differ from "
+            f"{key}: {checkpoint} was trained on {len(spec.classes)} classes that differ from "
             f"the {len(class_names)} in {classes}; rerun the stage that made it"
         )
-    info["presize"] = valid.cache.size
+    if spec.presize != valid.cache.size:  # fed from this cache from now on
+        spec = spec.replace(presize=valid.cache.size)
     torch.manual_seed(params.seed)
-    model = rebuild_model(info, saved["model"], key)
+    model = rebuild_model(spec, state, f"{key}: {checkpoint}")
     fingerprint = partial(
         training_fingerprint, params, key, [checkpoint, split, classes, cache / "index.csv"]
     )
-    return Learner(_prepare(model, device), info, train_loader, valid, compute, fingerprint)
+    return Learner(
+        _prepare(model, device), spec, train_loader, valid, compute, fingerprint, record.frozen
+    )
 
 
 def unfreeze_learner(learner: Learner) -> None:
     """The lesson's `learn.unfreeze()`."""
     unfreeze(learner.model)
-    learner.info["frozen"] = False
+    learner.frozen = False
 
 
 def write_outputs(
@@ -312,9 +345,9 @@ def write_outputs(
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Save the checkpoint, `metrics.json` (the last epoch's numbers; no timings, so equal runs
-    give equal files), the epoch table as CSV and what the model is (`model.json`: arch,
-    weights, size, batch size, learning rates per fit), then forget the per-epoch resume
-    states; returns the metrics."""
+    give equal files), the epoch table as CSV and what the model is (`model.json`: the
+    checkpoint's `ModelRecord`: spec, frozen, learning rates per fit, batch size, epochs), then
+    forget the per-epoch resume states; returns the metrics."""
     if not distributed.is_main():  # one set of outputs, from process 0
         return {}
     last = history[-1]
@@ -328,12 +361,9 @@ def write_outputs(
     }
     table = pd.DataFrame([row.__dict__ for row in history])
     write_csv(history_path, table)
-    save_checkpoint(model_path, learner.model, learner.info)
-    description = {key: learner.info[key] for key in ("arch", "weights", "size", "frozen", "lr")}
-    description.update(
-        bs=learner.train.bs, epochs=len(history), classes=len(learner.info["classes"])
-    )
-    write_json(info_path, description)
+    record = learner.record(len(history))
+    save_checkpoint(model_path, learner.model, record.to_dict())
+    write_json(info_path, record.to_dict())
     write_json(metrics_path, metrics)
     _clear_resume(model_path)
     seconds = float(table["time"].sum())

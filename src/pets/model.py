@@ -6,6 +6,7 @@ densenets, efficientnets, convnexts, mobilenet v3) and any timm CNN as `timm:<na
 from __future__ import annotations
 
 import urllib.error
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,8 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from pets.config import TORCHVISION_ARCHS
+from pets.config import TORCHVISION_ARCHS, shown
 from pets.errors import PetsError
+from pets.files import not_regular
 from pets.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 NORM_TYPES = (
@@ -66,40 +68,55 @@ class Body:
     weights: str  # what initialised it: a weights name, a file, or "none"
 
 
-def _check_state_dict(
-    model: nn.Module, state: dict[str, Any], classifier: tuple[str, ...], source: str, key: str
-) -> dict[str, Any]:
-    """`state` without the classifier's keys, after checking every other key and shape against
-    `model`; the first mismatch is an error."""
-    if not isinstance(state, dict):
+def load_body_weights(
+    model: nn.Module, state: Any, classifier: tuple[str, ...], source: str, key: str
+) -> None:
+    """Load `state` (its classifier's keys ignored) into `model`, accepting exactly what
+    `load_state_dict(strict=True)` accepts: BatchNorm's `num_batches_tracked` buffers may be
+    absent (older torch, converted TF/Keras weights), every weight must be there with its
+    shape, and no key may be unknown. The first problem is one line naming the key."""
+    if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
+        state = state["state_dict"]
+    if not isinstance(state, Mapping):
         raise PetsError(f"{key}: {source} is not a state_dict")
-    state = dict(state.get("state_dict", state)) if "state_dict" in state else dict(state)
-    wanted = {k: v for k, v in model.state_dict().items() if not k.startswith(classifier)}
-    given = {k: v for k, v in state.items() if not k.startswith(classifier)}
-    for name, tensor in wanted.items():
-        if name not in given:
+    given: dict[str, torch.Tensor] = {}
+    for name, tensor in state.items():
+        if not isinstance(name, str) or not isinstance(tensor, torch.Tensor):
             raise PetsError(
-                f"{key}: {source} has no key {name!r} (first of "
-                f"{len(set(wanted) - set(given))} missing)"
+                f"{key}: {source} is not a state_dict (key {shown(name)} holds "
+                f"{type(tensor).__name__}, not a tensor)"
             )
-        if tuple(given[name].shape) != tuple(tensor.shape):
+        if not name.startswith(classifier):
+            given[name] = tensor
+    wanted = model.state_dict()
+    for name, tensor in given.items():
+        if name in wanted and tuple(tensor.shape) != tuple(wanted[name].shape):
             raise PetsError(
-                f"{key}: {source} key {name!r} has shape {tuple(given[name].shape)}, "
-                f"the model needs {tuple(tensor.shape)}"
+                f"{key}: {source} key {name!r} has shape {tuple(tensor.shape)}, "
+                f"the model needs {tuple(wanted[name].shape)}"
             )
-    extra = sorted(set(given) - set(wanted))
-    if extra:
+    # torch decides what may be missing (BatchNorm fills in num_batches_tracked itself).
+    result = model.load_state_dict(given, strict=False)
+    missing = [name for name in result.missing_keys if not name.startswith(classifier)]
+    if missing:
+        raise PetsError(
+            f"{key}: {source} has no key {missing[0]!r} (first of {len(missing)} missing)"
+        )
+    if result.unexpected_keys:
+        extra = sorted(result.unexpected_keys)
         raise PetsError(
             f"{key}: {source} has key {extra[0]!r} that the model does not "
             f"({len(extra)} unexpected)"
         )
-    return given
 
 
 def load_state_file(path: Path, key: str) -> dict[str, Any]:
     """A state_dict file (.pth/.pt via `torch.load(weights_only=True)`, or .safetensors)."""
-    if not path.is_file():
+    why = not_regular(path)
+    if why == "not found":
         raise PetsError(f"{key}: {path} not found (use imagenet, none or a state_dict file)")
+    if why:
+        raise PetsError(f"{key}: {path} is {why}, not a state_dict file")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -132,8 +149,7 @@ def _torchvision_body(arch: str, weights: str, key: str) -> Body:
     elif weights != "none":
         path = Path(weights)
         state = load_state_file(path, key)
-        prefix = (_classifier_prefix(arch),)
-        model.load_state_dict(_check_state_dict(model, state, prefix, str(path), key), strict=False)
+        load_body_weights(model, state, (_classifier_prefix(arch),), str(path), key)
         source = str(path)
     if hasattr(model, "fc"):  # resnets: every child but the pooling and the classifier
         body = nn.Sequential(*list(model.children())[:-2])
@@ -169,8 +185,7 @@ def _timm_body(name: str, weights: str, key: str) -> Body:
         prefixes = tuple(
             f"{c}." for c in ((classifier,) if isinstance(classifier, str) else classifier)
         )
-        state = _check_state_dict(model, load_state_file(path, key), prefixes, str(path), key)
-        model.load_state_dict(state, strict=False)
+        load_body_weights(model, load_state_file(path, key), prefixes, str(path), key)
         source = str(path)
     try:
         with torch.no_grad():

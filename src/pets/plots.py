@@ -16,6 +16,10 @@ from matplotlib.figure import Figure
 
 from pets.files import atomic_path
 
+# Titles and ticks show users' names (classes, files): `$` is a character, never mathtext
+# (`$\alpha$` would be garbled, an unbalanced `$x^$` would fail the whole figure).
+matplotlib.rcParams["text.parse_math"] = False
+
 
 def image_grid(
     images: Sequence[np.ndarray],

@@ -9,29 +9,33 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
 from pets.compute import Compute, pick_compute
 from pets.errors import PetsError
-from pets.export import SPEC, load_exported, load_program, spec_of
+from pets.export import SPEC, load_exported, load_program
+from pets.files import not_regular
 from pets.images import find_images, load_onto_canvas
+from pets.modelspec import ModelSpec
 from pets.transforms import Draw, augment, centre_draw, normalize
 
 
-def load_model(path: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+def load_model(path: Path) -> tuple[torch.nn.Module, ModelSpec]:
     """An export folder (or its model.json), its torch.export program (.pt2) or a training
-    checkpoint (.pth), as (model in eval mode on the CPU, spec)."""
+    checkpoint (.pth), as (model in eval mode on the CPU, its validated spec)."""
     if path.is_dir() or path.name == SPEC:
         return load_exported(path if path.is_dir() else path.parent)
+    why = not_regular(path)
+    if why:
+        raise PetsError(f"{path}: {why}; give an export folder, a .pt2 program or a checkpoint")
     if path.suffix == ".pt2":
         return load_program(path)
     from pets.learner import load_trained_model
 
-    model, info = load_trained_model(path, "predict")
-    return model, spec_of(info)
+    model, record = load_trained_model(path, "predict")
+    return model, record.spec
 
 
 def tta_views(batch: int) -> list[Draw]:
@@ -54,6 +58,9 @@ class Prediction:
 
 
 def _decode(path: Path, presize: int) -> tuple[np.ndarray, tuple[int, int]] | str:
+    why = not_regular(path)  # opening a FIFO or a terminal would wait for ever
+    if why:
+        return f"cannot read {path}: {why}"
     canvas = np.zeros((presize, presize, 3), np.uint8)
     try:
         return canvas, load_onto_canvas(path, canvas)
@@ -77,7 +84,7 @@ class Predictor:
         model, self.spec = load_model(model_path)
         self.compute: Compute = pick_compute(device, precision)
         self.model = model.to(self.compute.device, memory_format=torch.channels_last).eval()
-        self.classes: list[str] = self.spec["classes"]
+        self.classes: list[str] = list(self.spec.classes)
         self.bs, self.tta, self.top_k, self.threads = (
             bs,
             tta,
@@ -95,9 +102,9 @@ class Predictor:
         total = None
         for view in views:
             images = normalize(
-                augment(canvases, sizes, self.spec["size"], view),
-                tuple(self.spec["mean"]),
-                tuple(self.spec["std"]),
+                augment(canvases, sizes, self.spec.size, view),
+                self.spec.mean,
+                self.spec.std,
             )
             with self.compute.autocast():
                 logits = self.model(images.contiguous(memory_format=torch.channels_last))
@@ -108,7 +115,7 @@ class Predictor:
     def predict(self, paths: Sequence[Path]) -> Iterator[Prediction]:
         """Predictions for `paths`, decoded in parallel threads a batch at a time; unreadable
         files give a `Prediction` with an error and do not stop the others."""
-        presize = self.spec["presize"]
+        presize = self.spec.presize
         with ThreadPoolExecutor(max_workers=max(1, self.threads)) as pool:
             for start in range(0, len(paths), self.bs):
                 chunk = paths[start : start + self.bs]
@@ -135,8 +142,9 @@ class Predictor:
 
 
 def photo_paths(arguments: Sequence[Path]) -> list[Path]:
-    """The photos named: files as given (a missing one becomes an error row, not a stop),
-    folders searched recursively by image extension."""
+    """The photos named: files as given (a missing one, or one that is not a regular file such
+    as a FIFO or a device, becomes an error row when predicted, not a stop or a hang), folders
+    searched recursively by image extension."""
     paths: list[Path] = []
     for argument in arguments:
         if argument.is_dir():

@@ -16,6 +16,10 @@ import pandas as pd
 from matplotlib.figure import Figure
 from PIL import Image
 
+from pets.errors import PetsError
+from pets.files import read_json
+from pets.modelspec import ModelRecord
+
 STYLE = """
 body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 h1{margin-bottom:0}h2{border-bottom:2px solid #ddd;padding-bottom:.2em;margin-top:2em}
@@ -100,7 +104,7 @@ class ModelReport:
     """Everything the page shows about one trained model."""
 
     name: str
-    info: dict  # arch, weights, size, ... from the training stage
+    record: ModelRecord  # what the model is and how it trained: reports/<name>/model.json
     training: dict  # metrics/<model>.json
     history: pd.DataFrame
     numbers: dict  # the interpret stage's metrics (error rate with its interval)
@@ -112,8 +116,8 @@ class ModelReport:
     @property
     def label(self) -> str:
         """`stage-1 (resnet34, frozen, 224 px)`."""
-        frozen = "frozen" if self.info.get("frozen") else "unfrozen"
-        return f"{self.name} ({self.info.get('arch')}, {frozen}, {self.info.get('size')} px)"
+        frozen = "frozen" if self.record.frozen else "unfrozen"
+        return f"{self.name} ({self.record.arch}, {frozen}, {self.record.size} px)"
 
 
 def comparison_table(models: list[ModelReport]) -> pd.DataFrame:
@@ -209,9 +213,13 @@ def read_model_report(name: str, reports: Path, metrics: Path) -> ModelReport:
     import json
 
     folder = reports / name
+    try:
+        raw = read_json(folder / "model.json")
+    except (OSError, ValueError) as exc:
+        raise PetsError(f"{folder / 'model.json'}: cannot be read ({exc})") from None
     return ModelReport(
         name=name,
-        info=json.loads((folder / "model.json").read_text()),
+        record=ModelRecord.parse(raw, str(folder / "model.json")),
         training=json.loads((metrics / f"{name}.json").read_text()),
         history=pd.read_csv(folder / "history.csv"),
         numbers=json.loads((metrics / "interpret" / f"{name}.json").read_text()),
@@ -248,7 +256,7 @@ def training_section(models: list[ModelReport], lr_figure: Path, lr_found: dict)
 
     body = []
     for model in models:
-        lrs = "; ".join(", ".join(f"{x:.1e}" for x in fit) for fit in model.info.get("lr", []))
+        lrs = "; ".join(", ".join(f"{x:.1e}" for x in fit) for fit in model.record.lr)
         body += [
             f"<h3>{html.escape(model.label)}</h3>",
             f"<p class='muted'>learning rates per layer group: {html.escape(lrs)}</p>",

@@ -76,6 +76,15 @@ class MlflowTracker(Tracker):
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
 
+def redacted(flat: dict[str, Any]) -> dict[str, Any]:
+    """Flat params with credentials and signed-URL tokens cut out of `data.url`."""
+    from pets.archive import redact_url
+
+    if isinstance(flat.get("data.url"), str):
+        return {**flat, "data.url": redact_url(flat["data.url"])}
+    return flat
+
+
 def tracking_uri(project: Path) -> str:
     """`$MLFLOW_TRACKING_URI`, else the SQLite file `mlflow.db` at the project root as an
     absolute URI (so it does not move with the working directory)."""
@@ -216,7 +225,7 @@ def _find_or_create_parent(client: MlflowClient, experiment: str, key: str, para
         },
     )
     tracker = MlflowTracker(client, run.info.run_id)
-    tracker.log_params(flatten(params.model_dump(mode="json", exclude={"tracking"})))
+    tracker.log_params(redacted(flatten(params.model_dump(mode="json", exclude={"tracking"}))))
     return run.info.run_id
 
 
@@ -264,7 +273,7 @@ def stage_run(
     tracker = MlflowTracker(client, run.info.run_id)
     status = "FAILED"
     try:
-        tracker.log_params(flatten(stage_params(params, stage.split("@")[0])))
+        tracker.log_params(redacted(flatten(stage_params(params, stage.split("@")[0]))))
         tracker.set_tags(
             {**lineage_tags(project, params), **file_tags("input", inputs or [], project)}
         )

@@ -24,28 +24,18 @@ if TYPE_CHECKING:
 
 def main(params: Params, *, dataset: Path, manifest: Path, tracker: Tracker | None = None) -> None:
     """Fetch, verify and extract the archive; write the manifest last."""
-    from pets.archive import archive_name, count_files, extract, fetch
+    from pets.archive import count_files, dataset_manifest, extract, fetch, redact_url
     from pets.files import write_json
     from pets.tracking import Tracker
 
     tracker = tracker or Tracker()
     fetched = fetch(params.data.url, params.data.md5)
     print(f"extracting {fetched.path} ({fetched.size / 2**20:.1f} MiB, md5 {fetched.md5})")
-    top_folder = extract(fetched.path, dataset)
+    top_folder = extract(fetched.path, dataset, params.data)
     files = count_files(dataset)
-    write_json(
-        manifest,
-        {
-            "url": params.data.url,
-            "archive": archive_name(params.data.url),
-            "md5": fetched.md5,
-            "bytes": fetched.size,
-            "top_folder": top_folder,
-            "files": files,
-        },
-    )
+    write_json(manifest, dataset_manifest(params.data.url, fetched, top_folder, files))
     print(f"{dataset}: {files} files")
-    tracker.set_tags({"data.archive_md5": fetched.md5, "data.url": params.data.url})
+    tracker.set_tags({"data.archive_md5": fetched.md5, "data.url": redact_url(params.data.url)})
     tracker.log_metrics({"data_files": files, "archive_bytes": fetched.size})
 
 

@@ -59,7 +59,7 @@ def main(
         log_probs = F.log_softmax(predict(learner.model, learner.valid, learner.compute), dim=1)
     valid = learner.valid.subset
     table = predictions_table(
-        valid.paths, valid.targets, log_probs.numpy(), learner.info["classes"]
+        valid.paths, valid.targets, log_probs.numpy(), list(learner.spec.classes)
     )
     write_csv(predictions, table)
     error = float((table["actual"] != table["predicted"]).mean())
