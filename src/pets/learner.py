@@ -18,7 +18,7 @@ from torch import nn
 from pets import distributed
 from pets.cache import PixelCache
 from pets.config import Params, stage_params
-from pets.data import DeviceCanvases, Loader, load_subsets
+from pets.data import DeviceCanvases, Loader, load_subsets, stream_seed
 from pets.errors import PetsError
 from pets.files import md5_file, write_csv, write_json
 from pets.model import create_body, create_cnn, freeze, unfreeze
@@ -50,11 +50,20 @@ class Learner:
     compute: Compute  # the device, and bf16 autocast or not
     # What identifies this training's params and inputs, computed only when a fit resumes.
     fingerprint: Callable[[], str] = str
+    seed: int = 0  # params.seed: each fit's batches and dropout masks draw from it (`fit_stream`)
 
     @property
     def split(self) -> str:
         """Where the body's second layer group starts."""
         return self.info["split"]
+
+    def fit_stream(self, key: str) -> str:
+        """The random stream of this learner's next fit: the stage's name, and its phase for a
+        second fit (train_resnet50's unfrozen epochs). Its shuffle, augmentation and dropout
+        draws then follow from (seed, stream) alone, so a fit neither replays another's batches
+        nor depends on how many batches ran before it; a resumed fit restores them exactly."""
+        phase = len(self.info.get("lr", []))
+        return key if phase == 0 else f"{key}:{phase}"
 
     def fit_one_cycle(
         self,
@@ -86,6 +95,9 @@ class Learner:
         # Per-epoch states are one process's; a data-parallel run starts over after a kill.
         keep = resume is not None and distributed.size() == 1
         fingerprint = self.fingerprint() if keep else ""
+        stream = self.fit_stream(key)
+        self.train.reseed(stream)
+        torch.manual_seed(stream_seed(self.seed, stream, "dropout", distributed.rank()))
         lrs = spread_lr(lr)
         self.info.setdefault("lr", []).append(lrs)
         print(
@@ -140,6 +152,7 @@ def _loaders(
         "mean": mean,
         "std": std,
         "seed": params.seed,
+        "stream": key,  # each stage its own batches: lr_find must not replay stage-1's
         "resident": resident,
         "channels_last": True,
     }
@@ -201,7 +214,9 @@ def create_learner(
     `weights` is none."""
     compute = distributed.start(pick_compute(params.device, params.precision))
     device = compute.device
-    torch.manual_seed(params.seed)  # untrained bodies, the head's initial weights, dropout masks
+    # Untrained bodies and the head's initial weights: a stream of their own, the same in every
+    # process (dropout gets another, per process, when a fit starts).
+    torch.manual_seed(stream_seed(params.seed, key, "init"))
     body = create_body(arch, weights, f"{key}.weights")
     train, valid, class_names = _loaders(
         params, key, cache, split, classes, size, bs, body.mean, body.std, device
@@ -224,7 +239,7 @@ def create_learner(
     }
     inputs = [split, classes, cache / "index.csv"]
     fingerprint = partial(training_fingerprint, params, key, inputs)
-    return Learner(_prepare(model, device), info, train, valid, compute, fingerprint)
+    return Learner(_prepare(model, device), info, train, valid, compute, fingerprint, params.seed)
 
 
 def rebuild_model(info: dict[str, Any], state: dict[str, torch.Tensor], key: str) -> nn.Sequential:
@@ -287,12 +302,15 @@ def load_learner(
             f"the {len(class_names)} in {classes}; rerun the stage that made it"
         )
     info["presize"] = valid.cache.size
-    torch.manual_seed(params.seed)
     model = rebuild_model(info, saved["model"], key)
+    # Dropout masks of a sweep that runs without `fit_one_cycle` (lr_find): this stage's own.
+    torch.manual_seed(stream_seed(params.seed, key, "dropout", distributed.rank()))
     fingerprint = partial(
         training_fingerprint, params, key, [checkpoint, split, classes, cache / "index.csv"]
     )
-    return Learner(_prepare(model, device), info, train_loader, valid, compute, fingerprint)
+    return Learner(
+        _prepare(model, device), info, train_loader, valid, compute, fingerprint, params.seed
+    )
 
 
 def unfreeze_learner(learner: Learner) -> None:
