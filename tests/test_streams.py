@@ -61,7 +61,13 @@ def _params(**stage: object) -> Params:
 def _stage1(params: Params, photos: dict[str, Path]) -> Learner:
     cfg = params.train_frozen
     return create_learner(
-        params, "train_frozen", arch=cfg.arch, weights=cfg.weights, size=cfg.size, bs=cfg.bs, **photos
+        params,
+        "train_frozen",
+        arch=cfg.arch,
+        weights=cfg.weights,
+        size=cfg.size,
+        bs=cfg.bs,
+        **photos,
     )
 
 
@@ -96,7 +102,9 @@ def test_each_fit_draws_its_own_first_batch(photos, tmp_path: Path) -> None:
     # Byte-identical run to run: the same stage twice draws the same batch.
     again = load_learner(params, "lr_find", tmp_path / "s1.pth", bs=6, **photos)
     images, targets = _first_batch(again)
-    assert torch.equal(images, batches["lr_find"][0]) and torch.equal(targets, batches["lr_find"][1])
+    assert torch.equal(images, batches["lr_find"][0]) and torch.equal(
+        targets, batches["lr_find"][1]
+    )
 
 
 def test_a_second_fit_in_one_stage_draws_a_new_stream(photos) -> None:

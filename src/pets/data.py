@@ -22,7 +22,6 @@ from pets.labels import read_split
 from pets.transforms import augment, centre_draw, draw, normalize
 
 
-
 def stream_seed(seed: int, *purpose: str | int) -> int:
     """The seed of one random stream: `seed` hashed with what the stream is for (stage, phase,
     shuffle or augmentation, process). A hash rather than `seed + offset`, because offsets
