@@ -21,6 +21,7 @@ pytestmark = pytest.mark.dag
         ("input_pipeline.py", "input_pipeline.json"),
         ("cpu_epoch.py", "cpu_epoch.json"),
         ("dag_overhead.py", "dag_overhead.json"),
+        ("accuracy.py", "accuracy.json"),
     ],
 )
 def test_benchmark_runs_in_short_mode(script: str, results: str, tmp_path: Path) -> None:
