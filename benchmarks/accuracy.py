@@ -300,7 +300,7 @@ def main() -> None:
         args.finetune_lr = [float(x) for x in args.finetune_lr.split(",")]
     if args.quick:
         args.arch, args.weights, args.size, args.cache_size = "resnet18", "none", 32, 48
-        args.bs, args.epochs, args.num_it, args.finetune_epochs = 4, 1, 8, 1
+        args.bs, args.epochs, args.num_it, args.finetune_epochs = 4, 1, 24, 1
     elif args.data is None:
         sys.exit("--data: give a labelled photo folder or archive (or --quick)")
     with tempfile.TemporaryDirectory() as tmp:
