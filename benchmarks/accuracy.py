@@ -213,6 +213,8 @@ def fastai(args: argparse.Namespace, files: dict[str, Path], dataset: Path, seed
         *saved["mean"],
         "--std",
         *saved["std"],
+        "--split-at",
+        saved["split"],
     ]
     output = run([str(part) for part in command], REPO)
     line = next(x for x in output.splitlines() if x.startswith("RESULT "))
@@ -295,6 +297,7 @@ def main() -> None:
     parser.add_argument("--fastai-python", type=Path, help="python of an env with fastai 2.8")
     parser.add_argument("--name", default="accuracy", help="results file name")
     parser.add_argument("--quick", action="store_true", help="generated photos, tiny (CI)")
+    parser.add_argument("--keep", type=Path, help="work in this (new) folder and keep it")
     args = parser.parse_args()
     if args.finetune_lr != "auto":
         args.finetune_lr = [float(x) for x in args.finetune_lr.split(",")]
@@ -305,6 +308,9 @@ def main() -> None:
         sys.exit("--data: give a labelled photo folder or archive (or --quick)")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
+        if args.keep:
+            args.keep.mkdir(parents=True)
+            work = args.keep.resolve()
         dataset = quick_photos(work) if args.quick else photos_folder(args.data, work)
         files = prepare(args, dataset, work)
         runs: dict[str, list[dict]] = {"pets": []}
