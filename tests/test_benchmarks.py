@@ -22,6 +22,7 @@ pytestmark = pytest.mark.dag
         ("cpu_epoch.py", "cpu_epoch.json"),
         ("dag_overhead.py", "dag_overhead.json"),
         ("serve.py", "serve.json"),
+        ("accuracy.py", "accuracy.json"),
     ],
 )
 def test_benchmark_runs_in_short_mode(script: str, results: str, tmp_path: Path) -> None:

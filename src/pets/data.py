@@ -1,8 +1,10 @@
 """Feeding the model: batches read from the pixel cache, augmented and normalised on the device
-that trains. Shuffling and augmentation each draw from their own seeded generator."""
+that trains. Shuffling and augmentation each draw from their own seeded generator, and every
+training fit (stage, and phase within a stage) from its own pair: see `stream_seed`."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -19,8 +21,14 @@ from pets.errors import PetsError
 from pets.labels import read_split
 from pets.transforms import augment, centre_draw, draw, normalize
 
-# Generator seeds are offset per purpose so shuffling and augmentation never share a stream.
-SHUFFLE_STREAM, AUGMENT_STREAM = 1_000_003, 2_000_003
+
+def stream_seed(seed: int, *purpose: str | int) -> int:
+    """The seed of one random stream: `seed` hashed with what the stream is for (stage, phase,
+    shuffle or augmentation, process). A hash rather than `seed + offset`, because offsets
+    collide: seed 2's second stream would be seed 3's first, and every stage seeded from `seed`
+    alone replays the batches (and augmentations) an earlier stage trained on."""
+    text = "/".join(str(part) for part in (seed, *purpose))
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little") >> 1
 
 
 def read_classes(path: Path) -> list[str]:
@@ -112,6 +120,7 @@ class Loader:
         std: tuple[float, ...],
         augment_params: AugmentParams | None,
         seed: int,
+        stream: str = "",
         resident: DeviceCanvases | None = None,
         channels_last: bool = False,
         rank: int | None = None,
@@ -125,8 +134,9 @@ class Loader:
         # Under torchrun each process takes every `world`-th photo of one shared seeded order.
         self.rank = distributed.rank() if rank is None else rank
         self.world = distributed.size() if world is None else world
-        self.shuffle = torch.Generator().manual_seed(seed + SHUFFLE_STREAM)
-        self.augmentation = torch.Generator().manual_seed(seed + AUGMENT_STREAM + self.rank)
+        self.seed = seed
+        self.shuffle, self.augmentation = torch.Generator(), torch.Generator()
+        self.reseed(stream)
         self.targets = torch.tensor(subset.targets)
         self._pool = ThreadPoolExecutor(max_workers=1) if resident is None else None
         self._on_device: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -139,6 +149,14 @@ class Loader:
     def _mine(self, order: np.ndarray) -> np.ndarray:
         """This process's share of an epoch's order."""
         return order[self.rank :: self.world]
+
+    def reseed(self, stream: str) -> None:
+        """Restart the generators on `stream`'s own sequences (a stage's name, with its phase
+        for a second fit): no two fits see the same batches. Every process shares one order
+        and draws its own augmentations."""
+        self.stream = stream
+        self.shuffle.manual_seed(stream_seed(self.seed, stream, "shuffle"))
+        self.augmentation.manual_seed(stream_seed(self.seed, stream, "augment", self.rank))
 
     def state(self) -> dict[str, torch.Tensor]:
         """The generators' states, saved in checkpoints so a resumed run draws the same."""

@@ -86,6 +86,13 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB") if image.mode != "RGB" else image
 
 
+# JPEG draft mode decodes at 1/2, 1/4 or 1/8 scale in the DCT; asking for at least this many
+# times the final size leaves the last step to an antialiased resize (Pillow's `thumbnail` does
+# the same). Measured on 2592x1984 JPEGs: a draft at 1x loses 1.0 dB against a full decode,
+# one at 2x nothing (benchmarks/README.md, "large photos").
+DRAFT_GAP = 2.0
+
+
 def load_rgb(path: Path | IO[bytes], longest: int | None = None) -> Image.Image:
     """Decode `path` (a file, or bytes in memory) upright (EXIF orientation applied) as RGB;
     with `longest`, resized so its longer side is `longest` pixels, using JPEG draft mode to
@@ -93,7 +100,7 @@ def load_rgb(path: Path | IO[bytes], longest: int | None = None) -> Image.Image:
     with _open(path) as image:
         if longest is not None and image.format == "JPEG":
             width, height = image.size
-            scale = longest / max(width, height)
+            scale = min(1.0, DRAFT_GAP * longest / max(width, height))
             image.draft("RGB", (max(1, int(width * scale)), max(1, int(height * scale))))
         image.load()
         upright = ImageOps.exif_transpose(image)

@@ -19,7 +19,7 @@ from pets import distributed
 from pets.cache import PixelCache
 from pets.compute import Compute, pick_compute
 from pets.config import Params, stage_params
-from pets.data import DeviceCanvases, Loader, load_subsets
+from pets.data import DeviceCanvases, Loader, load_subsets, stream_seed
 from pets.errors import PetsError
 from pets.files import md5_file, write_csv, write_json
 from pets.model import create_body, create_cnn, freeze, unfreeze
@@ -52,6 +52,7 @@ class Learner:
     fingerprint: Callable[[], str] = str
     frozen: bool = False  # the body trains only its norms
     fits: list[list[float]] = field(default_factory=list)  # lr per layer group of each fit here
+    seed: int = 0  # params.seed: each fit's batches and dropout masks draw from it (`fit_stream`)
 
     @property
     def split(self) -> str:
@@ -70,6 +71,14 @@ class Learner:
             },
             "the trained model",
         )
+
+    def fit_stream(self, key: str) -> str:
+        """The random stream of this learner's next fit: the stage's name, and its phase for a
+        second fit (train_resnet50's unfrozen epochs). Its shuffle, augmentation and dropout
+        draws then follow from (seed, stream) alone, so a fit neither replays another's batches
+        nor depends on how many batches ran before it; a resumed fit restores them exactly."""
+        phase = len(self.fits)
+        return key if phase == 0 else f"{key}:{phase}"
 
     def fit_one_cycle(
         self,
@@ -101,6 +110,9 @@ class Learner:
         # Per-epoch states are one process's; a data-parallel run starts over after a kill.
         keep = resume is not None and distributed.size() == 1
         fingerprint = self.fingerprint() if keep else ""
+        stream = self.fit_stream(key)
+        self.train.reseed(stream)
+        torch.manual_seed(stream_seed(self.seed, stream, "dropout", distributed.rank()))
         lrs = spread_lr(lr)
         self.fits.append(list(lrs))
         print(
@@ -155,6 +167,7 @@ def _loaders(
         "mean": mean,
         "std": std,
         "seed": params.seed,
+        "stream": key,  # each stage its own batches: lr_find must not replay stage-1's
         "resident": resident,
         "channels_last": True,
     }
@@ -216,7 +229,9 @@ def create_learner(
     `weights` is none."""
     compute = distributed.start(pick_compute(params.device, params.precision))
     device = compute.device
-    torch.manual_seed(params.seed)  # untrained bodies, the head's initial weights, dropout masks
+    # Untrained bodies and the head's initial weights: a stream of their own, the same in every
+    # process (dropout gets another, per process, when a fit starts).
+    torch.manual_seed(stream_seed(params.seed, key, "init"))
     body = create_body(arch, weights, f"{key}.weights")
     train, valid, class_names = _loaders(
         params, key, cache, split, classes, size, bs, body.mean, body.std, device
@@ -241,7 +256,9 @@ def create_learner(
     )
     inputs = [split, classes, cache / "index.csv"]
     fingerprint = partial(training_fingerprint, params, key, inputs)
-    return Learner(_prepare(model, device), spec, train, valid, compute, fingerprint, frozen)
+    return Learner(
+        _prepare(model, device), spec, train, valid, compute, fingerprint, frozen, seed=params.seed
+    )
 
 
 def rebuild_model(spec: ModelSpec, state: dict[str, torch.Tensor], source: str) -> nn.Sequential:
@@ -317,13 +334,21 @@ def load_learner(
         )
     if spec.presize != valid.cache.size:  # fed from this cache from now on
         spec = spec.replace(presize=valid.cache.size)
-    torch.manual_seed(params.seed)
     model = rebuild_model(spec, state, f"{key}: {checkpoint}")
+    # Dropout masks of a sweep that runs without `fit_one_cycle` (lr_find): this stage's own.
+    torch.manual_seed(stream_seed(params.seed, key, "dropout", distributed.rank()))
     fingerprint = partial(
         training_fingerprint, params, key, [checkpoint, split, classes, cache / "index.csv"]
     )
     return Learner(
-        _prepare(model, device), spec, train_loader, valid, compute, fingerprint, record.frozen
+        _prepare(model, device),
+        spec,
+        train_loader,
+        valid,
+        compute,
+        fingerprint,
+        record.frozen,
+        seed=params.seed,
     )
 
 

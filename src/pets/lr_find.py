@@ -6,7 +6,9 @@ recorded curve, so each can be tested on synthetic curves."""
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,6 +22,13 @@ from pets.errors import PetsError
 from pets.train import SmoothedLoss, adamw, data_parallel, param_groups
 
 SUGGESTIONS = ("valley", "minimum", "steep", "slide")
+# What `finetune.lr: auto` reads, and why: fastai's default since 2.3 (valley replaced
+# minimum/10 and steep, which land too low on curves with a long flat start or a noisy dip).
+AUTO = "valley"
+AUTO_WHY = (
+    "fastai's default: the middle of the longest stretch where the loss keeps falling, clear of "
+    "both the flat start (too low to learn) and the rise (divergence)"
+)
 
 
 def sweep(
@@ -67,9 +76,10 @@ def sweep(
 
 def trim(curve: pd.DataFrame, num_it: int) -> tuple[np.ndarray, np.ndarray]:
     """The part of the curve fastai suggests from: the first tenth of `num_it` and the last 5
-    batches dropped, and nothing from the first non-finite loss on."""
-    lrs = curve["lr"].to_numpy()[num_it // 10 : -5]
-    losses = curve["smoothed_loss"].to_numpy()[num_it // 10 : -5]
+    batches dropped, and nothing from the first non-finite loss on. In float32, as fastai's
+    tensors are, so that near-ties between losses fall the same way."""
+    lrs = curve["lr"].to_numpy(np.float32)[num_it // 10 : -5]
+    losses = curve["smoothed_loss"].to_numpy(np.float32)[num_it // 10 : -5]
     bad = np.flatnonzero(~np.isfinite(losses))
     if len(bad):
         lrs, losses = lrs[: bad[0]], losses[: bad[0]]
@@ -97,8 +107,10 @@ def valley(lrs: np.ndarray, losses: np.ndarray) -> float:
         for j in range(i):
             if losses[i] < losses[j] and length[i] < length[j] + 1:
                 length[i] = length[j] + 1
-        if length[best_end] < length[i]:
-            best_end, best_start = i, i - length[i]
+            # Inside the inner loop, as in fastai 2.8: the stretch's start is taken when its
+            # length first passes the best, which can differ from its final length.
+            if length[best_end] < length[i]:
+                best_end, best_start = i, i - length[i]
     third = (best_end - best_start) / 3
     return float(lrs[min(count - 1, best_start + int(third) + int(third / 2))])
 
@@ -138,3 +150,39 @@ def suggest(curve: pd.DataFrame, num_it: int) -> dict[str, dict[str, float]]:
         name: {"lr": lr, "loss": float(np.interp(np.log10(lr), log_lrs, smoothed))}
         for name, lr in found.items()
     }
+
+
+def auto_lr(found: dict[str, dict[str, float]]) -> list[float]:
+    """`finetune.lr: auto`: slice(valley/100, valley), as fastai's `fine_tune` spreads its base
+    learning rate over the unfrozen layer groups."""
+    return [found[AUTO]["lr"] / 100, found[AUTO]["lr"]]
+
+
+def finetune_lr(setting: float | list[float] | str, suggestions: Path) -> float | list[float]:
+    """`finetune.lr`, with `auto` read from lr_find's suggestions file."""
+    if setting != "auto":
+        return setting
+    try:
+        found = json.loads(suggestions.read_text())
+        return auto_lr({AUTO: {"lr": float(found[AUTO]["lr"])}})
+    except (FileNotFoundError, KeyError, TypeError, ValueError):
+        raise PetsError(f"finetune.lr: auto needs {suggestions} from the lr_find stage") from None
+
+
+def auto_note(found: dict[str, dict[str, float]], used: list[float] | None) -> str:
+    """One sentence for the report: which suggestion `finetune.lr: auto` takes and why, and
+    whether the finetune stage's learning rates (`used`, per layer group) came from it."""
+    from pets.train import spread_lr
+
+    auto = spread_lr(auto_lr(found))
+    shown = ", ".join(f"{x:.1e}" for x in auto)
+    note = (
+        f"finetune.lr: auto takes the {AUTO} suggestion ({found[AUTO]['lr']:.2e}; {AUTO_WHY}) "
+        f"as slice({AUTO}/100, {AUTO}): {shown} per layer group."
+    )
+    if used is None:
+        return note
+    if np.allclose(used, auto, rtol=1e-6):
+        return note + " The finetune stage trained with these (finetune.lr: auto)."
+    given = ", ".join(f"{x:.1e}" for x in used)
+    return note + f" The finetune stage was given finetune.lr by hand: {given}."

@@ -252,6 +252,7 @@ def data_section(quality: dict, show_batch: Path) -> str:
 
 def training_section(models: list[ModelReport], lr_figure: Path, lr_found: dict) -> str:
     """Each training stage's curves and epoch table, and lr_find's curve and suggestions."""
+    from pets.lr_find import auto_note
     from pets.plots import history_plot
 
     body = []
@@ -267,10 +268,13 @@ def training_section(models: list[ModelReport], lr_figure: Path, lr_found: dict)
             found = pd.DataFrame(
                 [{"suggestion": k, "lr": v["lr"], "loss": v["loss"]} for k, v in lr_found.items()]
             )
+            finetuned = [m for m in models if m.name == "stage-2" and m.record.lr]
+            used = list(finetuned[0].record.lr[-1]) if finetuned else None  # finetune's fit
             body += [
                 "<h3>lr_find (stage-1, unfrozen)</h3>",
                 image(png_uri(lr_figure), "lr_find"),
                 table(found, digits=6),
+                f"<p>{html.escape(auto_note(lr_found, used))}</p>",
             ]
     return section("training", "Training", body)
 

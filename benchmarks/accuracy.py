@@ -1,0 +1,339 @@
+"""Benchmark: what the project's training stages learn, side by side with fastai 2.8.
+
+On any labelled photo folder or archive (`--data`) and any weights (`--weights`: a state_dict
+file, imagenet or none), the project's `labels` stage makes one split (seed 2, as in the lesson)
+and its `cache` stage the pixel cache; then, for each of `--seeds`, the project's
+`train_frozen`, `lr_find` and `finetune` stages run as the DAG runs them (their scripts, in
+subprocesses), and so does fastai (`--fastai-python`: an environment of its own, as for
+cpu_epoch.py) on the very same split.csv, weights and recipe: frozen `fit_one_cycle(epochs,
+slice(lr))`, `unfreeze(); lr_find()`, then `fit_one_cycle(finetune_epochs, slice(low, high))`
+with `auto` = slice(valley/100, valley) on each side from its own lr_find.
+
+Prints, per side and stage, the error rate and validation loss (mean and standard deviation
+over the seeds), seconds per epoch, and both sides' lr_find suggestions and first smoothed
+losses; writes benchmarks/results/accuracy.json.
+
+    python benchmarks/accuracy.py --data PHOTOS --weights lite0.pth \\
+        --arch timm:tf_efficientnet_lite0 --fastai-python /path/to/fastai-venv/bin/python
+
+`--quick`: generated photos, tiny sizes, `weights: none` (CI; fastai only when its python is
+given). `--labels key=value` sets the labels section (e.g. `method=folder folder=`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+from common import REPO, merge, report, tool_env  # benchmarks/common.py
+
+STAGES = ("train_frozen", "lr_find", "finetune")
+
+
+def photos_folder(data: Path, work: Path) -> Path:
+    """`data` itself, or the folder an archive extracts to (its single top folder)."""
+    if data.is_dir():
+        return data
+    if not data.is_file():
+        sys.exit(f"--data: {data} is neither a folder nor an archive")
+    target = work / "extracted"
+    try:
+        shutil.unpack_archive(data, target)
+    except (shutil.ReadError, ValueError) as exc:
+        sys.exit(f"--data: {data} cannot be extracted ({exc})")
+    inside = [p for p in target.iterdir() if not p.name.startswith(".")]
+    return inside[0] if len(inside) == 1 and inside[0].is_dir() else target
+
+
+def script(stage: str, project: Path, **options: Path | str | int) -> list[str]:
+    """The stage's command line as the DAG runs it."""
+    flags = [part for k, v in options.items() for part in (f"--{k.replace('_', '-')}", str(v))]
+    return [sys.executable, str(REPO / "workflow" / "scripts" / f"{stage}.py"), *flags]
+
+
+def run(command: list[str], cwd: Path) -> str:
+    """Run a command; stop the benchmark with its output if it fails."""
+    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, env=tool_env())
+    if done.returncode:
+        sys.exit(f"{' '.join(command)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    return done.stdout
+
+
+def prepare(args: argparse.Namespace, dataset: Path, work: Path) -> dict[str, Path]:
+    """The split and the pixel cache, once for every seed and both sides."""
+    params = work / "params.yaml"
+    params.write_text(yaml.safe_dump(settings(args, seed=2)))
+    files = {"split": work / "split.csv", "classes": work / "classes.json", "cache": work / "cache"}
+    run(
+        script(
+            "labels",
+            work,
+            params=params,
+            dataset=dataset,
+            split=files["split"],
+            classes=files["classes"],
+            quality=work / "quality.json",
+            threads=0,
+        ),
+        work,
+    )
+    run(
+        script(
+            "cache",
+            work,
+            params=params,
+            dataset=dataset,
+            split=files["split"],
+            cache=files["cache"],
+            threads=0,
+        ),
+        work,
+    )
+    return files
+
+
+def settings(args: argparse.Namespace, seed: int) -> dict:
+    """params.yaml for one seed: the lesson's defaults with this benchmark's sizes."""
+    base = yaml.safe_load((REPO / "params.yaml").read_text())
+    labels = dict(item.split("=", 1) for item in args.labels)
+    labels = {k: (float(v) if k == "valid_pct" else v) for k, v in labels.items()}
+    model = {"bs": args.bs}
+    return merge(
+        base,
+        {
+            "seed": seed,
+            "device": "cpu",
+            "tracking": {"enabled": False},
+            "labels": labels,
+            "cache": {"size": args.cache_size},
+            "train_frozen": {
+                "arch": args.arch,
+                "weights": args.weights,
+                "size": args.size,
+                "epochs": args.epochs,
+                "lr": [args.lr],
+                **model,
+            },
+            "lr_find": {"num_it": args.num_it, **model},
+            "finetune": {"epochs": args.finetune_epochs, "lr": args.finetune_lr, **model},
+        },
+    )
+
+
+def ours(args: argparse.Namespace, files: dict[str, Path], work: Path, seed: int) -> dict:
+    """The project's three stages for one seed, from its own params.yaml."""
+    folder = work / f"ours-{seed}"
+    folder.mkdir()
+    params = folder / "params.yaml"
+    params.write_text(yaml.safe_dump(settings(args, seed)))
+    data = {k: files[k] for k in ("split", "classes", "cache")}
+    outputs = {}
+    for stage in ("train_frozen", "finetune"):
+        outputs[stage] = {
+            "model": folder / f"{stage}.pth",
+            "metrics": folder / f"{stage}.json",
+            "history": folder / f"{stage}.csv",
+            "model_info": folder / f"{stage}-info.json",
+        }
+    run(script("train_frozen", work, params=params, **data, **outputs["train_frozen"]), work)
+    suggestions = folder / "lr_find.json"
+    run(
+        script(
+            "lr_find",
+            work,
+            params=params,
+            checkpoint=outputs["train_frozen"]["model"],
+            **data,
+            curve=folder / "lr_find.csv",
+            figure=folder / "lr_find.png",
+            suggestions=suggestions,
+            threads=0,
+        ),
+        work,
+    )
+    run(
+        script(
+            "finetune",
+            work,
+            params=params,
+            checkpoint=outputs["train_frozen"]["model"],
+            lr_find=suggestions,
+            **data,
+            **outputs["finetune"],
+        ),
+        work,
+    )
+    import pandas as pd
+
+    result = {}
+    for stage in ("train_frozen", "finetune"):
+        metrics = json.loads(outputs[stage]["metrics"].read_text())
+        history = pd.read_csv(outputs[stage]["history"])
+        info = json.loads(outputs[stage]["model_info"].read_text())
+        result[stage] = {
+            "error_rate": metrics["error_rate"],
+            "valid_loss": metrics["valid_loss"],
+            "train_loss": metrics["train_loss"],
+            "epoch_seconds": history["time"].tolist(),
+            "lr": info["lr"][-1],
+        }
+    curve = pd.read_csv(folder / "lr_find.csv")
+    found = json.loads(suggestions.read_text())
+    result["lr_find"] = {
+        "suggestions": {name: point["lr"] for name, point in found.items()},
+        "first_smoothed_loss": float(curve["smoothed_loss"].iloc[0]),
+        "first_losses": curve["smoothed_loss"].head(5).tolist(),
+    }
+    return result
+
+
+def fastai(args: argparse.Namespace, files: dict[str, Path], dataset: Path, seed: int) -> dict:
+    """fastai 2.8's run of the same recipe for one seed, in its own environment."""
+    import torch
+
+    saved = torch.load(files["checkpoint"], map_location="cpu", weights_only=True)
+    command = [
+        str(args.fastai_python),
+        str(Path(__file__).with_name("fastai_accuracy.py")),
+        *("--data", dataset, "--split", files["split"], "--arch", args.arch),
+        *("--weights", args.weights, "--size", args.size, "--bs", args.bs),
+        *("--presize", max(args.size, round(args.size * 460 / 224))),
+        *("--epochs", args.epochs, "--lr", args.lr, "--num-it", args.num_it),
+        *("--finetune-epochs", args.finetune_epochs, "--seed", seed),
+        "--finetune-lr",
+        "auto" if args.finetune_lr == "auto" else ",".join(map(str, args.finetune_lr)),
+        "--mean",
+        *saved["mean"],
+        "--std",
+        *saved["std"],
+        "--split-at",
+        saved["split"],
+    ]
+    output = run([str(part) for part in command], REPO)
+    line = next(x for x in output.splitlines() if x.startswith("RESULT "))
+    return json.loads(line.removeprefix("RESULT "))
+
+
+def spread(values: list[float]) -> str:
+    """`mean ± sd` (sd over the seeds; 0 with one seed)."""
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.4f} ± {sd:.4f}"
+
+
+def table(runs: dict[str, list[dict]]) -> list[dict[str, object]]:
+    """One row per side and stage: numbers over the seeds."""
+    rows = []
+    for side, results in runs.items():
+        for stage in ("train_frozen", "finetune"):
+            epochs = [s for r in results for s in r[stage]["epoch_seconds"][1:]] or [
+                s for r in results for s in r[stage]["epoch_seconds"]
+            ]
+            rows.append(
+                {
+                    "side": side,
+                    "stage": stage,
+                    "error_rate": spread([r[stage]["error_rate"] for r in results]),
+                    "valid_loss": spread([r[stage]["valid_loss"] for r in results]),
+                    "train_loss": spread([r[stage]["train_loss"] for r in results]),
+                    "s/epoch": statistics.median(epochs),
+                    "errors": " ".join(f"{r[stage]['error_rate']:.3f}" for r in results),
+                }
+            )
+        for name in ("valley", "minimum", "steep", "slide"):
+            rows.append(
+                {
+                    "side": side,
+                    "stage": f"lr_find {name}",
+                    "error_rate": " ".join(
+                        f"{r['lr_find']['suggestions'][name]:.1e}" for r in results
+                    ),
+                }
+            )
+        rows.append(
+            {
+                "side": side,
+                "stage": "lr_find 1st loss",
+                "error_rate": " ".join(
+                    f"{r['lr_find']['first_smoothed_loss']:.3f}" for r in results
+                ),
+            }
+        )
+    return rows
+
+
+def quick_photos(work: Path) -> Path:
+    """A tiny generated Pets-like set for --quick."""
+    from pets.synthetic import make_pets
+
+    make_pets(work / "quick" / "pets", 8, classes=3, seed=1, sizes=((96, 72), (72, 96)))
+    return work / "quick" / "pets"
+
+
+def main() -> None:
+    """Run both sides over the seeds and print the comparison."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data", type=Path, help="labelled photo folder or archive")
+    parser.add_argument("--labels", nargs="*", default=[], help="labels section, key=value")
+    parser.add_argument("--arch", default="resnet34")
+    parser.add_argument("--weights", default="imagenet", help="imagenet, none or a state_dict")
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--cache-size", type=int, default=448)
+    parser.add_argument("--bs", type=int, default=64)
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--lr", type=float, default=3e-3, help="train_frozen.lr: [lr]")
+    parser.add_argument("--num-it", type=int, default=100)
+    parser.add_argument("--finetune-epochs", type=int, default=2)
+    parser.add_argument("--finetune-lr", default="auto", help="auto or low,high")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--fastai-python", type=Path, help="python of an env with fastai 2.8")
+    parser.add_argument("--name", default="accuracy", help="results file name")
+    parser.add_argument("--quick", action="store_true", help="generated photos, tiny (CI)")
+    parser.add_argument("--keep", type=Path, help="work in this (new) folder and keep it")
+    args = parser.parse_args()
+    if args.finetune_lr != "auto":
+        args.finetune_lr = [float(x) for x in args.finetune_lr.split(",")]
+    if args.quick:
+        args.arch, args.weights, args.size, args.cache_size = "resnet18", "none", 32, 48
+        args.bs, args.epochs, args.num_it, args.finetune_epochs = 4, 1, 24, 1
+    elif args.data is None:
+        sys.exit("--data: give a labelled photo folder or archive (or --quick)")
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        if args.keep:
+            args.keep.mkdir(parents=True)
+            work = args.keep.resolve()
+        dataset = quick_photos(work) if args.quick else photos_folder(args.data, work)
+        files = prepare(args, dataset, work)
+        runs: dict[str, list[dict]] = {"pets": []}
+        for seed in args.seeds:
+            runs["pets"].append(ours(args, files, work, seed))
+            print(f"pets seed {seed}: {json.dumps(runs['pets'][-1])}", flush=True)
+        if args.fastai_python:
+            files["checkpoint"] = work / f"ours-{args.seeds[0]}" / "train_frozen.pth"
+            runs["fastai"] = []
+            for seed in args.seeds:
+                runs["fastai"].append(fastai(args, files, dataset, seed))
+                print(f"fastai seed {seed}: {json.dumps(runs['fastai'][-1])}", flush=True)
+        split = (work / "split.csv").read_text().splitlines()
+        extra = {
+            "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "photos": {
+                "train": sum(",False" in x for x in split),
+                "valid": sum(",True" in x for x in split),
+            },
+            "runs": runs,
+        }
+        report(args.name, table(runs), extra)
+
+
+if __name__ == "__main__":
+    main()
