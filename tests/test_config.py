@@ -125,12 +125,12 @@ def test_the_largest_seed_fits_every_generator() -> None:
     import torch
 
     from pets.config import MAX_SEED
-    from pets.data import AUGMENT_STREAM, SHUFFLE_STREAM
+    from pets.data import stream_seed
     from pets.labels import random_split
 
     seed = parse_params({"seed": MAX_SEED}).seed
     assert len(random_split(10, 0.2, seed)) == 10
-    torch.Generator().manual_seed(seed + max(SHUFFLE_STREAM, AUGMENT_STREAM) + 64)
+    torch.Generator().manual_seed(stream_seed(seed, "train_resnet50:1", "augment", 63))
     np.random.default_rng(seed)
     np.random.seed(seed)  # the legacy generator takes 32 bits at most
 

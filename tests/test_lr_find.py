@@ -120,10 +120,11 @@ def stage1(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             params, "train_frozen", arch="resnet18", weights="none", size=48, bs=4, **photos
         )
         learner.fit_one_cycle(2, [3e-3], 0.01, "train_frozen", Tracker())
-    save_checkpoint(root / "s1.pth", learner.model, learner.info)
+    save_checkpoint(root / "s1.pth", learner.model, learner.record(1).to_dict())
     return {**photos, "checkpoint": root / "s1.pth"}
 
 
+@pytest.mark.slow
 def test_a_real_sweep_suggests_what_fastai_would(stage1: dict[str, Path]) -> None:
     params = parse_params({"lr_find": {"bs": 4, "num_it": 40}})
     photos = {k: v for k, v in stage1.items() if k != "checkpoint"}

@@ -52,6 +52,7 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "std": list(IMAGENET_STD),
         "head": {"features": 512, "hidden": 512, "dropout": [0.25, 0.5]},
         "weights": "none",
+        "split": "6",
     }
     save_weights(create_cnn(create_body("resnet18", "none"), len(CLASSES)), spec, folder)
     return folder

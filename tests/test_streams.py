@@ -87,7 +87,7 @@ def test_stream_seeds_differ_by_purpose_and_never_overlap_like_offsets() -> None
 def test_each_fit_draws_its_own_first_batch(photos, tmp_path: Path) -> None:
     params = _params()
     stage1 = _stage1(params, photos)
-    save_checkpoint(tmp_path / "s1.pth", stage1.model, stage1.info)
+    save_checkpoint(tmp_path / "s1.pth", stage1.model, stage1.record(1).to_dict())
     batches = {"train_frozen": _first_batch(stage1)}
     for key in ("lr_find", "finetune"):
         learner = load_learner(params, key, tmp_path / "s1.pth", bs=6, **photos)
@@ -110,7 +110,7 @@ def test_each_fit_draws_its_own_first_batch(photos, tmp_path: Path) -> None:
 def test_a_second_fit_in_one_stage_draws_a_new_stream(photos) -> None:
     stage = _stage1(_params(), photos)
     assert stage.fit_stream("train_resnet50") == "train_resnet50"
-    stage.info["lr"] = [[1e-3] * 3]  # as after the frozen epochs' fit
+    stage.fits.append([1e-3] * 3)  # as after the frozen epochs' fit
     assert stage.fit_stream("train_resnet50") == "train_resnet50:1"
 
 
@@ -125,6 +125,7 @@ def _mean_train_mode_loss(model: torch.nn.Module, loader, passes: int) -> float:
     return sum(losses) / len(losses)
 
 
+@pytest.mark.slow
 def test_lr_find_starts_from_the_true_training_loss(photos, lite0, tmp_path: Path) -> None:
     """Stage-1 trains until it fits its own batches; lr_find's first losses must then read
     what the model does on batches it has not seen, not the replay of stage-1's epochs."""
@@ -133,7 +134,7 @@ def test_lr_find_starts_from_the_true_training_loss(photos, lite0, tmp_path: Pat
     with torch_threads(2):
         stage1 = _stage1(params, photos)
         stage1.fit_one_cycle(4, [1e-2], 0.01, "train_frozen", Tracker())
-        save_checkpoint(tmp_path / "s1.pth", stage1.model, stage1.info)
+        save_checkpoint(tmp_path / "s1.pth", stage1.model, stage1.record(1).to_dict())
         learner = load_learner(params, "lr_find", tmp_path / "s1.pth", bs=6, **photos)
         unfreeze_learner(learner)
         # Fresh batches: another seed's, which stage-1 never trained on.

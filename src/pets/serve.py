@@ -318,7 +318,7 @@ async def _page(request: web.Request) -> web.Response:
 async def _predict(request: web.Request) -> web.Response:
     server: _Server = request.app[_SERVER]  # type: ignore[assignment]
     loop = asyncio.get_running_loop()
-    presize = server.predictor.spec["presize"]
+    presize = server.predictor.spec.presize
     try:
         uploads = await read_uploads(request, server.settings.max_bytes)
         decoded = await asyncio.gather(
@@ -355,7 +355,7 @@ def make_app(predictor: Predictor, settings: Settings, source: str) -> web.Appli
     stopped with the app)."""
     about = {
         "source": source,
-        "arch": predictor.spec["arch"],
+        "arch": predictor.spec.arch,
         "classes": len(predictor.classes),
         "top_k": predictor.top_k,
         "tta": predictor.tta,
@@ -434,7 +434,7 @@ def serve(
     settings = settings or Settings()
     try:
         predictor = Predictor(model, device=device, bs=settings.bs, tta=tta, top_k=top_k)
-        presize = predictor.spec["presize"]
+        presize = predictor.spec.presize
         predictor.probabilities(  # warm-up, so the first person does not wait for it
             torch.zeros(1, presize, presize, 3, dtype=torch.uint8),
             torch.tensor([[presize, presize]], dtype=torch.float32),
@@ -458,7 +458,7 @@ def serve(
 
     def ready(url: str) -> None:
         print(
-            f"pets serve: {url}  {predictor.spec['arch']}, {len(predictor.classes)} classes, "
+            f"pets serve: {url}  {predictor.spec.arch}, {len(predictor.classes)} classes, "
             f"from {model}, on {predictor.compute.device} (Ctrl-C stops)",
             flush=True,
         )
