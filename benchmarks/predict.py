@@ -47,6 +47,7 @@ def ours(folder: Path, photos: list[Path], repeats: int, bs: int) -> dict[str, f
         "std": list(IMAGENET_STD),
         "head": {"features": 512, "hidden": 512, "dropout": [0.25, 0.5]},
         "weights": "none",
+        "split": "6",  # resnet34's second layer group starts at its layer3
     }
     save_weights(model, spec, folder / "export")
     single = Predictor(folder / "export", bs=1)

@@ -59,6 +59,7 @@ def write_export(folder: Path) -> Path:
         "std": list(IMAGENET_STD),
         "head": {"features": 512, "hidden": 512, "dropout": [0.25, 0.5]},
         "weights": "none",
+        "split": "6",  # resnet34's second layer group starts at its layer3
     }
     save_weights(create_cnn(create_body("resnet34", "none"), 37), spec, folder)
     return folder
