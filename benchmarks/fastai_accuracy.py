@@ -79,7 +79,8 @@ def check_body(learn, arch: str, weights: str) -> None:
     if arch.startswith("timm:"):
         pairs = [(held[k], v) for k, v in state.items() if not k.startswith("classifier.")]
     else:
-        pairs = list(zip(held.values(), [v for k, v in state.items() if not k.startswith("fc.")]))
+        values = [v for k, v in state.items() if not k.startswith("fc.")]
+        pairs = list(zip(held.values(), values, strict=True))
     wrong = sum(not torch.equal(a, b) for a, b in pairs)
     if wrong or not pairs:
         raise SystemExit(f"{weights}: {wrong} of {len(pairs)} tensors differ in fastai's body")
