@@ -1,4 +1,4 @@
-"""Stage `cache`: see `python workflow/scripts/cache.py --help` (src/pets/stages/cache.py)."""
+"""Stage `cache`: `python workflow/scripts/cache.py --help` (its code: src/pets/stages/cache.py)."""
 
 from pets.stages.cache import cli
 

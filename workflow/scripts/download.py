@@ -1,4 +1,4 @@
-"""Stage `download`: see `python workflow/scripts/download.py --help` (src/pets/stages/download.py)."""
+"""Stage `download`: see `--help`; its code is src/pets/stages/download.py."""
 
 from pets.stages.download import cli
 

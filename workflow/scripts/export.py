@@ -1,4 +1,4 @@
-"""Stage `export`: see `python workflow/scripts/export.py --help` (src/pets/stages/export.py)."""
+"""Stage `export`: see `--help`; its code is src/pets/stages/export.py."""
 
 from pets.stages.export import cli
 

@@ -1,4 +1,4 @@
-"""Stage `finetune`: see `python workflow/scripts/finetune.py --help` (src/pets/stages/finetune.py)."""
+"""Stage `finetune`: see `--help`; its code is src/pets/stages/finetune.py."""
 
 from pets.stages.finetune import cli
 

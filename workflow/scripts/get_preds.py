@@ -1,4 +1,4 @@
-"""Stage `get_preds`: see `python workflow/scripts/get_preds.py --help` (src/pets/stages/get_preds.py)."""
+"""Stage `get_preds`: see `--help`; its code is src/pets/stages/get_preds.py."""
 
 from pets.stages.get_preds import cli
 

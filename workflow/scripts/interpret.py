@@ -1,4 +1,4 @@
-"""Stage `interpret`: see `python workflow/scripts/interpret.py --help` (src/pets/stages/interpret.py)."""
+"""Stage `interpret`: see `--help`; its code is src/pets/stages/interpret.py."""
 
 from pets.stages.interpret import cli
 

@@ -1,4 +1,4 @@
-"""Stage `labels`: see `python workflow/scripts/labels.py --help` (src/pets/stages/labels.py)."""
+"""Stage `labels`: see `--help`; its code is src/pets/stages/labels.py."""
 
 from pets.stages.labels import cli
 

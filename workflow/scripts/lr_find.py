@@ -1,4 +1,4 @@
-"""Stage `lr_find`: see `python workflow/scripts/lr_find.py --help` (src/pets/stages/lr_find.py)."""
+"""Stage `lr_find`: see `--help`; its code is src/pets/stages/lr_find.py."""
 
 from pets.stages.lr_find import cli
 

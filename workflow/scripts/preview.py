@@ -1,4 +1,4 @@
-"""Stage `preview`: see `python workflow/scripts/preview.py --help` (src/pets/stages/preview.py)."""
+"""Stage `preview`: see `--help`; its code is src/pets/stages/preview.py."""
 
 from pets.stages.preview import cli
 

@@ -1,4 +1,4 @@
-"""Stage `report`: see `python workflow/scripts/report.py --help` (src/pets/stages/report.py)."""
+"""Stage `report`: see `--help`; its code is src/pets/stages/report.py."""
 
 from pets.stages.report import cli
 

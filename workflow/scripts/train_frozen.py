@@ -1,4 +1,4 @@
-"""Stage `train_frozen`: see `python workflow/scripts/train_frozen.py --help` (src/pets/stages/train_frozen.py)."""
+"""Stage `train_frozen`: see `--help`; its code is src/pets/stages/train_frozen.py."""
 
 from pets.stages.train_frozen import cli
 

@@ -1,4 +1,4 @@
-"""Stage `train_resnet50`: see `python workflow/scripts/train_resnet50.py --help` (src/pets/stages/train_resnet50.py)."""
+"""Stage `train_resnet50`: see `--help`; its code is src/pets/stages/train_resnet50.py."""
 
 from pets.stages.train_resnet50 import cli
 
