@@ -10,6 +10,7 @@ from pathlib import Path
 import yaml
 
 from pets.files import md5_file
+from pets.timings import CLOCK
 
 
 def recorded_hashes(project: Path) -> dict[str, str]:
@@ -50,12 +51,13 @@ def fingerprint(path: Path, relative: str, recorded: dict[str, str]) -> str:
 
 def file_tags(kind: str, paths: list[Path], project: Path) -> dict[str, str]:
     """`input.<path>` / `output.<path>` tags with each path's fingerprint."""
-    recorded = recorded_hashes(project)
-    tags = {}
-    for path in paths:
-        try:
-            name = path.resolve().relative_to(project.resolve()).as_posix()
-        except ValueError:
-            name = str(path)
-        tags[f"{kind}.{name}"] = fingerprint(path, name, recorded)
-    return tags
+    with CLOCK.count("fingerprints"):
+        recorded = recorded_hashes(project)
+        tags = {}
+        for path in paths:
+            try:
+                name = path.resolve().relative_to(project.resolve()).as_posix()
+            except ValueError:
+                name = str(path)
+            tags[f"{kind}.{name}"] = fingerprint(path, name, recorded)
+        return tags

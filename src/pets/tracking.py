@@ -21,6 +21,7 @@ from pets.config import Params, flatten, stage_params
 from pets.fingerprints import file_tags
 from pets.paths import MANIFEST
 from pets.processes import PIPELINE_HOST_ENV, alive, pipeline_key, pipeline_pid, process_tags
+from pets.timings import CLOCK
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -47,7 +48,8 @@ class Tracker:
 
 
 class MlflowTracker(Tracker):
-    """A stage's MLflow run, written through one client."""
+    """A stage's MLflow run, written through one client (the seconds its calls take are counted
+    as the stage's recording: pets.timings)."""
 
     def __init__(self, client: MlflowClient, run_id: str) -> None:
         self.client = client
@@ -57,23 +59,27 @@ class MlflowTracker(Tracker):
         from mlflow.entities import Param
 
         items = [Param(key, str(value)[:6000]) for key, value in params.items()]
-        for start in range(0, len(items), 100):
-            self.client.log_batch(self.run_id, params=items[start : start + 100])
+        with CLOCK.count("logging"):
+            for start in range(0, len(items), 100):
+                self.client.log_batch(self.run_id, params=items[start : start + 100])
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
         items = [Metric(key, float(value), now, step or 0) for key, value in metrics.items()]
-        self.client.log_batch(self.run_id, metrics=items)
+        with CLOCK.count("logging"):
+            self.client.log_batch(self.run_id, metrics=items)
 
     def log_artifact(self, path: Path, folder: str | None = None) -> None:
-        self.client.log_artifact(self.run_id, str(path), folder)
+        with CLOCK.count("logging"):
+            self.client.log_artifact(self.run_id, str(path), folder)
 
     def set_tags(self, tags: dict[str, str]) -> None:
         from mlflow.entities import RunTag
 
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        with CLOCK.count("logging"):
+            self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
 
 def redacted(flat: dict[str, Any]) -> dict[str, Any]:
