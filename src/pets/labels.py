@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 from pets.config import LabelsParams
 from pets.errors import PetsError
@@ -141,7 +140,11 @@ def import_label_func(spec: str) -> Callable[[Path], str]:
 
 def random_split(count: int, valid_pct: float, seed: int) -> list[bool]:
     """fastai's `RandomSplitter`: a seeded permutation; its first `int(valid_pct * count)`
-    items are validation. Uses its own generator, never the global RNG state."""
+    items are validation. Uses its own generator, never the global RNG state (torch's
+    permutation, so a seed gives the split it always gave; imported here: the methods that fix
+    the split never need torch)."""
+    import torch
+
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(count, generator=generator).tolist()
     is_valid = [False] * count

@@ -80,8 +80,7 @@ def main(
     worst = interpret.top_losses(table, cfg.k)
     pixels = PixelCache(cache)
     rows = pixels.rows_for(worst["path"].tolist())
-    canvases, sizes = pixels.read(rows), pixels.sizes(rows).int().tolist()
-    photos = [canvases[i, :h, :w].numpy() for i, (h, w) in enumerate(sizes)]
+    photos = pixels.photos(rows)
     titles = [
         f"{r.predicted} / {r.actual}\nloss {r.loss:.2f} · p(actual) {r.p_actual:.2f}\n"
         f"p(predicted) {r.p_predicted:.2f}"
