@@ -12,7 +12,7 @@ then measures, from each stage process's own clock (pets.timings, `$PETS_TIMINGS
 Targets (issue 17): start-up plus recording under 1.5 s per stage; tracking adding under 0.5 s
 to any stage; `export` (resnet50) under 15 s; the whole tiny DAG under 120 s on a 2-core CPU.
 
-    python benchmarks/fixed_costs.py [--per-class 10] [--repeats 3] [--quick]
+    python benchmarks/fixed_costs.py [--classes 37] [--per-class 6] [--repeats 3] [--quick]
 """
 
 from __future__ import annotations
@@ -137,14 +137,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--per-class", type=int, default=10, help="photos per breed (37 breeds)")
+    parser.add_argument("--classes", type=int, default=37, help="breeds")
+    parser.add_argument("--per-class", type=int, default=6, help="photos per breed")
     parser.add_argument("--repeats", type=int, default=3, help="by-hand runs per stage and mode")
     parser.add_argument(
         "--quick", action="store_true", help="4 breeds x 6 photos, data stages, 1 repeat (CI)"
     )
     parser.add_argument("--stages", nargs="+", help="only these stages by hand")
     args = parser.parse_args()
-    classes, stages = 37, STAGES
+    classes, stages = args.classes, STAGES
     if args.quick:
         classes, args.per_class, args.repeats, stages = 4, 6, 1, QUICK_STAGES
     if args.stages:
