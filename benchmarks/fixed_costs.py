@@ -94,8 +94,17 @@ def dag(project: Path, folder: Path, target: list[str], tracking: bool) -> dict[
     }
 
 
-def by_hand(project: Path, folder: Path, stage: str, model: str | None, repeats: int) -> dict:
-    """Stage `stage` run by hand, tracking on and off turn about: medians of each."""
+def by_hand(
+    project: Path,
+    folder: Path,
+    stage: str,
+    model: str | None,
+    repeats: int,
+    source: Path | None = None,
+) -> dict:
+    """Stage `stage` run by hand, tracking on and off turn about: medians of each; with the
+    package from `source` (another checkout's src/) when given."""
+    code = {"PYTHONPATH": str(source)} if source else {}
     command = [sys.executable, f"workflow/scripts/{stage}.py", "--params", "params.yaml"]
     key = stage
     if model:
@@ -110,6 +119,7 @@ def by_hand(project: Path, folder: Path, stage: str, model: str | None, repeats:
                 project,
                 PETS_TIMINGS=str(where),
                 PETS_TRACKING="1" if tracking else "0",
+                **code,
             )
             seen[tracking].append({"wall_s": wall, **read_split(where, key)})
 
@@ -121,6 +131,7 @@ def by_hand(project: Path, folder: Path, stage: str, model: str | None, repeats:
     fixed = on["startup_s"] + on["recording_s"]
     return {
         "stage": key,
+        "code": "compared" if source else "this",
         **on,
         "fixed_s": fixed,
         "wall_off_s": off_wall,
@@ -144,6 +155,15 @@ def main() -> None:
         "--quick", action="store_true", help="4 breeds x 6 photos, data stages, 1 repeat (CI)"
     )
     parser.add_argument("--stages", nargs="+", help="only these stages by hand")
+    parser.add_argument(
+        "--compare",
+        type=Path,
+        help="another checkout's src/ (say, before a change): each stage by hand runs with it "
+        "too, turn about, on the same project",
+    )
+    parser.add_argument(
+        "--dag", choices=("both", "on"), default="both", help="DAG runs: tracking on and off"
+    )
     args = parser.parse_args()
     classes, stages = args.classes, STAGES
     if args.quick:
@@ -162,14 +182,18 @@ def main() -> None:
         target = ["preview"] if args.quick else []
         photos = classes * args.per_class
         print(f"the DAG on {photos} photos, tracking on, then off ...", flush=True)
-        dags = [
-            dag(project, root / "timings" / "dag-on", target, tracking=True),
-            dag(project, root / "timings" / "dag-off", target, tracking=False),
-        ]
+        dags = [dag(project, root / "timings" / "dag-on", target, tracking=True)]
+        if args.dag == "both":
+            dags.append(dag(project, root / "timings" / "dag-off", target, tracking=False))
         rows = []
         for stage, model in stages:
             print(f"{stage} by hand ...", flush=True)
-            rows.append(by_hand(project, root / "timings" / stage, stage, model, args.repeats))
+            where = root / "timings" / stage
+            rows.append(by_hand(project, where / "this", stage, model, args.repeats))
+            if args.compare:
+                rows.append(
+                    by_hand(project, where / "compared", stage, model, args.repeats, args.compare)
+                )
     for row in dags:
         print(
             f"{row['command']} (tracking {'on' if row['tracking'] else 'off'}): "
@@ -178,7 +202,16 @@ def main() -> None:
             f"{row['sum_recording_s']:.1f} s (summed over jobs; target {DAG_TARGET:.0f} s wall)"
         )
     print()
-    report("fixed_costs", rows, {"dag": dags, "photos": photos, "repeats": args.repeats})
+    report(
+        "fixed_costs",
+        rows,
+        {
+            "dag": dags,
+            "photos": photos,
+            "repeats": args.repeats,
+            "compared": str(args.compare) if args.compare else None,
+        },
+    )
 
 
 if __name__ == "__main__":
