@@ -67,8 +67,8 @@ def main(
 
     from pets import interpret
     from pets.cache import PixelCache
-    from pets.data import read_classes
     from pets.files import write_csv, write_json
+    from pets.labels import read_classes
     from pets.plots import confusion_matrix_plot, image_grid, save
     from pets.tracking import Tracker
 
