@@ -3,7 +3,8 @@
 #   1. generate a Pets-sized data set (37 breeds x 200 photos at Pets' sizes and names) and its
 #      archive, so nothing is downloaded;
 #   2. run the whole DAG with the lesson's defaults (weights: none; tracking off) through
-#      Snakemake from a cold start: each stage's seconds, the total, the error rates;
+#      Snakemake from a cold start: each stage's seconds split into start-up, work and
+#      recording (pets.timings), the sum of the fixed costs, the total, the error rates;
 #   3. benchmarks/input_pipeline.py --compile: every training stage's img/s against its
 #      ceiling, and what torch.compile's CUDA graphs would buy;
 #   4. benchmarks/predict.py and benchmarks/host_memory.py on the GPU;
@@ -72,15 +73,23 @@ PY
     cd "$project" || return 1
     local start end status
     start=$(date +%s.%N)
-    snakemake --cores "$cores" --quiet rules > "$work/snakemake.log" 2>&1
+    PETS_TIMINGS="$work/timings" snakemake --cores "$cores" --quiet rules > "$work/snakemake.log" 2>&1
     status=$?
     end=$(date +%s.%N)
     [ $status -eq 0 ] || tail -60 "$work/snakemake.log"
     echo "stage seconds (each stage's own timer, process start excluded):"
     grep -h "done in" logs/*.log logs/*/*.log | sort -t' ' -k4 -n -r
-    python - "$start" "$end" <<'PY'
+    python - "$start" "$end" "$work/timings" <<'PY'
 import glob, json, sys
-start, end = map(float, sys.argv[1:])
+start, end = map(float, sys.argv[1:3])
+jobs = [json.load(open(path)) for path in sorted(glob.glob(sys.argv[3] + "/*.json"))]
+print(f"{'stage':24s} {'total':>7s} {'start-up':>9s} {'work':>7s} {'recording':>10s}  (s, from process start)")
+for job in sorted(jobs, key=lambda job: -job["total_s"]):
+    print(f"{job['stage']:24s} {job['total_s']:7.1f} {job['startup_s']:9.1f} {job['work_s']:7.1f} "
+          f"{job['recording_s']:10.1f}")
+fixed = sum(job["startup_s"] + job["recording_s"] for job in jobs)
+print(f"{len(jobs)} jobs; sum of fixed costs (start-up + recording): {fixed:.1f} s; "
+      f"sum of work: {sum(job['work_s'] for job in jobs):.1f} s")
 download = 0.0
 for line in open("logs/download.log"):
     if "download: done in" in line:

@@ -21,6 +21,7 @@ pytestmark = pytest.mark.dag
         ("input_pipeline.py", "input_pipeline.json"),
         ("cpu_epoch.py", "cpu_epoch.json"),
         ("dag_overhead.py", "dag_overhead.json"),
+        ("fixed_costs.py", "fixed_costs.json"),
         ("serve.py", "serve.json"),
         ("accuracy.py", "accuracy.json"),
     ],

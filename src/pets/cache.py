@@ -9,14 +9,17 @@ import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import torch
 
 from pets.errors import PetsError
 from pets.files import atomic_path, write_csv
 from pets.images import load_onto_canvas
+
+if TYPE_CHECKING:
+    import torch
 
 PIXELS = "pixels.npy"
 INDEX = "index.csv"
@@ -94,13 +97,29 @@ class PixelCache:
             )
         return np.fromiter((self.rows[path] for path in paths), np.int64, len(paths))
 
+    def photos(self, rows: Sequence[int]) -> list[np.ndarray]:
+        """Each of `rows` cut to its photo's own size, uint8 (height, width, 3): for figures,
+        without torch (the report and interpret stages draw these and need nothing else)."""
+        sizes = self.index[["height", "width"]].to_numpy(np.int64)
+        canvas = np.empty((self.size, self.size, 3), np.uint8)
+        found = []
+        for row in rows:
+            self._read_into(memoryview(canvas).cast("B"), self.offset + int(row) * self.row_bytes)
+            height, width = sizes[row]
+            found.append(canvas[:height, :width].copy())
+        return found
+
     def sizes(self, rows: np.ndarray) -> torch.Tensor:
         """(height, width) of each photo inside its canvas, as a float tensor (len(rows), 2)."""
+        import torch  # here, not at the top: the figure stages read photos without torch
+
         return torch.from_numpy(self.index[["height", "width"]].to_numpy(np.float32)[rows])
 
     def read(self, rows: Sequence[int], out: torch.Tensor | None = None) -> torch.Tensor:
         """Canvases of `rows` as uint8 (len(rows), size, size, 3), into `out` when given (for
         instance a pinned buffer)."""
+        import torch
+
         if out is None:
             out = torch.empty((len(rows), self.size, self.size, 3), dtype=torch.uint8)
         buffer = out.numpy()

@@ -24,12 +24,12 @@ from typing import Any
 from pets.config import Params, load_params, section_values
 from pets.errors import PetsError
 from pets.files import atomic_path
+from pets.fingerprints import cached_md5, known_hashes, save_hashes
 from pets.paths import HISTORY, INPUTS, LOGS, LR_FIND_CURVE, MODELS, for_model
 from pets.stage import StageSpec, command, expand, passed
 from pets.stages import main_of, specs
 
 DVC_YAML = "dvc.yaml"
-HASHES = ".pets/hashes.json"  # md5s of the user's files, by path, size, mtime and inode
 INPUTS_STAGE = "inputs"  # DVC's first stage: rewrites the inputs records
 
 
@@ -95,18 +95,11 @@ def code_files(project: Path, script: str) -> list[str]:
 # -- the inputs records -----------------------------------------------------------------------
 
 
-def _stat_key(path: Path) -> str:
-    stat = path.stat()
-    return f"{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ino}"
-
-
 def content_md5(path: Path, known: dict[str, list[str]]) -> str:
     """The md5 of a file, or of a folder's files and their paths; reuses `known` (path ->
     [stat key, md5]) while a file's size, mtime and inode are unchanged, so an 800 MB archive
     is hashed once, not on every run."""
     import hashlib
-
-    from pets.files import md5_file
 
     if path.is_dir():
         lines = [
@@ -117,10 +110,7 @@ def content_md5(path: Path, known: dict[str, list[str]]) -> str:
         return hashlib.md5("\n".join(lines).encode()).hexdigest()
     if not path.is_file():
         return "missing"  # the stage itself says what is wrong when it runs
-    key, name = _stat_key(path), str(path.resolve())
-    if known.get(name, [None])[0] != key:
-        known[name] = [key, md5_file(path)]
-    return known[name][1]
+    return cached_md5(path, known)
 
 
 def inputs_record(spec: StageSpec, params: Params, known: dict[str, list[str]]) -> dict:
@@ -136,10 +126,7 @@ def inputs_record(spec: StageSpec, params: Params, known: dict[str, list[str]]) 
 def write_inputs(project: Path, params: Params) -> list[str]:
     """Rewrite the inputs record of every stage whose params or files changed; returns those
     stages. Unchanged records keep their file times, so nothing reruns for them."""
-    hashes = project / HASHES
-    known: dict[str, list[str]] = {}
-    with contextlib.suppress(OSError, ValueError):
-        known = json.loads(hashes.read_text())
+    known = known_hashes(project)
     before = dict(known)
     changed = []
     previous = Path.cwd()
@@ -158,9 +145,7 @@ def write_inputs(project: Path, params: Params) -> list[str]:
     finally:
         os.chdir(previous)
     if known != before:
-        hashes.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(hashes) as temporary:
-            temporary.write_text(json.dumps(known))
+        save_hashes(project, known)
     return changed
 
 

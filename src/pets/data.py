@@ -5,7 +5,6 @@ training fit (stage, and phase within a stage) from its own pair: see `stream_se
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from pets import distributed
 from pets.cache import PixelCache
 from pets.config import AugmentParams
 from pets.errors import PetsError
-from pets.labels import read_split
+from pets.labels import read_classes, read_split  # read_classes: here for its callers
 from pets.transforms import augment, centre_draw, draw, normalize
 
 
@@ -29,19 +28,6 @@ def stream_seed(seed: int, *purpose: str | int) -> int:
     alone replays the batches (and augmentations) an earlier stage trained on."""
     text = "/".join(str(part) for part in (seed, *purpose))
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little") >> 1
-
-
-def read_classes(path: Path) -> list[str]:
-    """The labels stage's `classes.json`: the sorted class names (the lesson's `data.classes`)."""
-    try:
-        classes = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise PetsError(f"{path}: not found; run the labels stage first") from None
-    except json.JSONDecodeError as exc:
-        raise PetsError(f"{path}: not valid JSON ({exc}); rerun the labels stage") from None
-    if not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
-        raise PetsError(f"{path}: must be a JSON list of class names; rerun the labels stage")
-    return classes
 
 
 @dataclass(frozen=True)

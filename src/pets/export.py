@@ -118,29 +118,45 @@ def to_torchscript(model: nn.Module, example: torch.Tensor, path: Path) -> None:
         traced.save(str(tmp))
 
 
-def to_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
-    """An ONNX copy (torch.export-based exporter) whose batch size may vary."""
+def trace(model: nn.Module, example: torch.Tensor) -> torch.export.ExportedProgram:
+    """`model` in eval mode as a torch.export program whose batch size may vary: the one trace
+    both the pt2 and the ONNX copies are made from (tracing resnet50 costs seconds)."""
     batch = torch.export.Dim("batch", min=1, max=4096)
+    return torch.export.export(model.eval(), (example,), dynamic_shapes=({0: batch},))
+
+
+def to_onnx(
+    model: nn.Module,
+    example: torch.Tensor,
+    path: Path,
+    program: torch.export.ExportedProgram | None = None,
+) -> None:
+    """An ONNX copy (torch.export-based exporter) whose batch size may vary, converted from
+    `program` (`trace(model, example)`) when given rather than tracing the model again."""
     with atomic_path(path) as tmp:
         torch.onnx.export(
-            model.eval(),
-            (example,),
+            program if program is not None else trace(model, example),
+            (),
             str(tmp),
             dynamo=True,
             input_names=["images"],
             output_names=["logits"],
-            dynamic_shapes=({0: batch},),
             external_data=False,
             verbose=False,
         )
 
 
-def to_program(model: nn.Module, example: torch.Tensor, path: Path, spec: dict[str, Any]) -> None:
+def to_program(
+    model: nn.Module,
+    example: torch.Tensor,
+    path: Path,
+    spec: dict[str, Any],
+    program: torch.export.ExportedProgram | None = None,
+) -> None:
     """A torch.export program (TorchScript's successor: `torch.export.load(path).module()` runs
     it without this project's classes), exported in eval mode with its batch size free and the
-    spec stored inside it as model.json."""
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    program = torch.export.export(model.eval(), (example,), dynamic_shapes=({0: batch},))
+    spec stored inside it as model.json; `program` when already traced."""
+    program = program if program is not None else trace(model, example)
     with atomic_path(path) as tmp:
         torch.export.save(program, str(tmp), extra_files={SPEC: json.dumps(spec)})
 

@@ -6,6 +6,7 @@ checks each decodes, labels them, splits them and says what it left out and why.
 from __future__ import annotations
 
 import importlib
+import json
 import re
 import sys
 from collections import Counter
@@ -15,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 from pets.config import LabelsParams
 from pets.errors import PetsError
@@ -141,7 +141,11 @@ def import_label_func(spec: str) -> Callable[[Path], str]:
 
 def random_split(count: int, valid_pct: float, seed: int) -> list[bool]:
     """fastai's `RandomSplitter`: a seeded permutation; its first `int(valid_pct * count)`
-    items are validation. Uses its own generator, never the global RNG state."""
+    items are validation. Uses its own generator, never the global RNG state (torch's
+    permutation, so a seed gives the split it always gave; imported here: the methods that fix
+    the split never need torch)."""
+    import torch
+
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(count, generator=generator).tolist()
     is_valid = [False] * count
@@ -356,3 +360,16 @@ def validate_split(split: pd.DataFrame, params: LabelsParams) -> None:
             f"labels: {len(unseen)} validation classes never occur in training, e.g. "
             f"{unseen[0]!r} ({example})"
         )
+
+
+def read_classes(path: Path) -> list[str]:
+    """The labels stage's `classes.json`: the sorted class names (the lesson's `data.classes`)."""
+    try:
+        classes = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise PetsError(f"{path}: not found; run the labels stage first") from None
+    except json.JSONDecodeError as exc:
+        raise PetsError(f"{path}: not valid JSON ({exc}); rerun the labels stage") from None
+    if not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
+        raise PetsError(f"{path}: must be a JSON list of class names; rerun the labels stage")
+    return classes

@@ -19,7 +19,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from pets import distributed, paths
+from pets import distributed, paths, timings
 from pets.config import Params, load_params
 from pets.errors import PetsError
 from pets.paths import MODELS, for_model
@@ -241,6 +241,7 @@ def run_stage(
     """Load and validate params, hold the project for the stage's pipeline, open the stage's
     MLflow run (with the fingerprints of its `inputs` and `outputs`), run `body`; a `PetsError`
     becomes one line on stderr and exit status 1, an interrupt exit status 130."""
+    timings.start()
     from pets.pipeline import hold_stage, record_finished
     from pets.tracking import Tracker, stage_run
 
@@ -260,16 +261,33 @@ def run_stage(
         start = time.perf_counter()
         if distributed.is_main():
             with hold_stage(project, key):
-                with stage_run(
-                    key,
-                    params,
-                    project,
-                    inputs(params) if inputs else [],
-                    outputs(params) if outputs else [],
-                ) as tracker:
-                    body(params, tracker)
+                clock = timings.CLOCK
+                clock.mark("opened")
+                status = "FAILED"
+                try:
+                    with stage_run(
+                        key,
+                        params,
+                        project,
+                        inputs(params) if inputs else [],
+                        outputs(params) if outputs else [],
+                    ) as tracker:
+                        clock.mark("work")
+                        try:
+                            body(params, tracker)
+                        finally:
+                            clock.mark("worked")
+                    status = "FINISHED"
+                finally:
+                    clock.mark("closed")
+                    timings.write(key, status)
                 record_finished(project, key)
-            print(f"{key}: done in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+            # `done in` is the stage's own timer (process start excluded); the split from the
+            # process's start: benchmarks/fixed_costs.py.
+            print(
+                f"{key}: done in {time.perf_counter() - start:.1f} s ({timings.summary()})",
+                file=sys.stderr,
+            )
         else:  # one MLflow run, one set of outputs and one log, from process 0
             with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
                 body(params, Tracker())

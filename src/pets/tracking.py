@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+import ast
 import contextlib
+import importlib.util
 import json
 import logging
 import os
 import platform
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +24,7 @@ from pets.config import Params, flatten, stage_params
 from pets.fingerprints import file_tags
 from pets.paths import MANIFEST
 from pets.processes import PIPELINE_HOST_ENV, alive, pipeline_key, pipeline_pid, process_tags
+from pets.timings import CLOCK
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -47,33 +51,47 @@ class Tracker:
 
 
 class MlflowTracker(Tracker):
-    """A stage's MLflow run, written through one client."""
+    """A stage's MLflow run, written through one client (the seconds its calls take are counted
+    as the stage's recording: pets.timings)."""
 
     def __init__(self, client: MlflowClient, run_id: str) -> None:
         self.client = client
         self.run_id = run_id
 
     def log_params(self, params: dict[str, Any]) -> None:
-        from mlflow.entities import Param
-
-        items = [Param(key, str(value)[:6000]) for key, value in params.items()]
-        for start in range(0, len(items), 100):
-            self.client.log_batch(self.run_id, params=items[start : start + 100])
+        self.log_batch(params=params)
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
         items = [Metric(key, float(value), now, step or 0) for key, value in metrics.items()]
-        self.client.log_batch(self.run_id, metrics=items)
+        with CLOCK.count("logging"):
+            self.client.log_batch(self.run_id, metrics=items)
 
     def log_artifact(self, path: Path, folder: str | None = None) -> None:
-        self.client.log_artifact(self.run_id, str(path), folder)
+        with CLOCK.count("logging"):
+            self.client.log_artifact(self.run_id, str(path), folder)
 
     def set_tags(self, tags: dict[str, str]) -> None:
-        from mlflow.entities import RunTag
+        self.log_batch(tags=tags)
 
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+    def log_batch(
+        self, params: dict[str, Any] | None = None, tags: dict[str, str] | None = None
+    ) -> None:
+        """Record params and tags together: one call per 100 of each (MLflow's limit per
+        batch), not one per kind."""
+        from mlflow.entities import Param, RunTag
+
+        items = [Param(key, str(value)[:6000]) for key, value in (params or {}).items()]
+        labels = [RunTag(key, str(value)) for key, value in (tags or {}).items()]
+        with CLOCK.count("logging"):
+            for start in range(0, max(len(items), len(labels)), 100):
+                self.client.log_batch(
+                    self.run_id,
+                    params=items[start : start + 100],
+                    tags=labels[start : start + 100],
+                )
 
 
 def redacted(flat: dict[str, Any]) -> dict[str, Any]:
@@ -161,11 +179,35 @@ def _git(project: Path, *args: str) -> str:
     return done.stdout.strip()
 
 
-def device_name(params: Params) -> str:
-    """The GPU a stage trains on, or the CPU's model and core count."""
-    import torch
+def package_versions(name: str) -> dict[str, str]:
+    """`__version__` and `cuda` of torch or torchvision as their own `version.py` states them,
+    read without importing the package (importing torch costs more than a small stage's work);
+    from the module itself when the stage already imported it."""
+    module = sys.modules.get(name)
+    if module is not None:
+        found = getattr(module, "version", None)
+        return {"__version__": module.__version__, "cuda": str(getattr(found, "cuda", None))}
+    values: dict[str, str] = {}
+    with contextlib.suppress(OSError, SyntaxError, ValueError, ImportError, IndexError):
+        spec = importlib.util.find_spec(name)  # a top-level name: finds, imports nothing
+        folder = spec.submodule_search_locations[0] if spec else None
+        if folder:
+            tree = ast.parse((Path(folder) / "version.py").read_text())
+            for node in tree.body:
+                target = node.target if isinstance(node, ast.AnnAssign) else None
+                if isinstance(node, ast.Assign) and len(node.targets) == 1:
+                    target = node.targets[0]
+                if isinstance(target, ast.Name) and node.value is not None:
+                    with contextlib.suppress(ValueError):
+                        values[target.id] = str(ast.literal_eval(node.value))
+    return values
 
-    if params.device != "cpu" and torch.cuda.is_available():
+
+def device_name(params: Params) -> str:
+    """The GPU a stage ran on, or the CPU's model and core count. A stage that never imported
+    torch ran on the CPU: asking CUDA would cost it the torch import."""
+    torch = sys.modules.get("torch")
+    if torch is not None and params.device != "cpu" and torch.cuda.is_available():
         return torch.cuda.get_device_name()
     model = platform.processor() or platform.machine()
     with contextlib.suppress(OSError):
@@ -177,10 +219,9 @@ def device_name(params: Params) -> str:
 
 
 def lineage_tags(project: Path, params: Params) -> dict[str, str]:
-    """Code, data, software, device and seed lineage for a run."""
-    import torch
-    import torchvision
-
+    """Code, data, software and seed lineage for a run (the device is known once the stage has
+    run: `device_name`)."""
+    torch = package_versions("torch")
     commit = _git(project, "rev-parse", "HEAD")
     dirty = _git(project, "status", "--porcelain", "--untracked-files=no") if commit else ""
     tags = {
@@ -189,10 +230,9 @@ def lineage_tags(project: Path, params: Params) -> dict[str, str]:
         "mlflow.source.git.commit": commit or "unknown",
         "pets.version": pets.__version__,
         "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "cuda": torch.version.cuda or "none",
-        "device": device_name(params),
+        "torch": torch.get("__version__", "unknown"),
+        "torchvision": package_versions("torchvision").get("__version__", "unknown"),
+        "cuda": torch.get("cuda", "None").replace("None", "none"),
         "host": platform.node(),
         "seed": str(params.seed),
     }
@@ -272,13 +312,15 @@ def stage_run(
         run = client.create_run(experiment, run_name=stage, tags=tags)
     tracker = MlflowTracker(client, run.info.run_id)
     status = "FAILED"
+    closing: dict[str, str] = {}
     try:
-        tracker.log_params(redacted(flatten(stage_params(params, stage.split("@")[0]))))
-        tracker.set_tags(
-            {**lineage_tags(project, params), **file_tags("input", inputs or [], project)}
+        # What the stage reads, in one batch before its work (visible while it runs).
+        tracker.log_batch(
+            params=redacted(flatten(stage_params(params, stage.split("@")[0]))),
+            tags={**lineage_tags(project, params), **file_tags("input", inputs or [], project)},
         )
         yield tracker
-        tracker.set_tags(file_tags("output", outputs or [], project))
+        closing = file_tags("output", outputs or [], project)
         for path in outputs or []:
             if params.tracking.log_models and path.suffix == ".pth":
                 tracker.log_artifact(path, "models")
@@ -287,7 +329,10 @@ def stage_run(
         status = "KILLED"
         raise
     finally:
-        client.set_terminated(run.info.run_id, status)
-        if parent_id:
-            with _lock(project):
-                _finish_parent(client, parent_id, experiment, status)
+        try:  # what it made, and where it ran, in one batch after its work
+            tracker.set_tags({**closing, "device": device_name(params)})
+        finally:
+            client.set_terminated(run.info.run_id, status)
+            if parent_id:
+                with _lock(project):
+                    _finish_parent(client, parent_id, experiment, status)

@@ -92,6 +92,7 @@ def main(
         to_onnx,
         to_program,
         to_torchscript,
+        trace,
     )
     from pets.files import atomic_path, write_json
     from pets.learner import load_trained_model
@@ -109,8 +110,15 @@ def main(
         copies = {"safetensors": lambda: load_exported(folder)[0](images).detach().numpy()}
         # A batch of two, so the exporters keep the batch dimension free.
         pair = torch.cat([images[:1], images[:1]]) if len(images) < 2 else images[:2]
+        traced: list[torch.export.ExportedProgram] = []  # one trace for pt2 and ONNX
+
+        def program() -> torch.export.ExportedProgram:
+            if not traced:
+                traced.append(trace(model, pair))
+            return traced[0]
+
         if cfg.pt2:
-            exporting("pt2", lambda: to_program(model, pair, folder / PROGRAM, spec))
+            exporting("pt2", lambda: to_program(model, pair, folder / PROGRAM, spec, program()))
             copies["pt2"] = lambda: run_program(folder / PROGRAM, images)
         if cfg.torchscript:
             exporting(
@@ -118,7 +126,7 @@ def main(
             )
             copies["torchscript"] = lambda: run_torchscript(folder / TORCHSCRIPT, images)
         if cfg.onnx:
-            exporting("onnx", lambda: to_onnx(model, pair, folder / ONNX))
+            exporting("onnx", lambda: to_onnx(model, pair, folder / ONNX, program()))
             copies["onnx"] = lambda: run_onnx(folder / ONNX, images)
         with torch.no_grad():
             differences = {

@@ -67,8 +67,8 @@ def main(
 
     from pets import interpret
     from pets.cache import PixelCache
-    from pets.data import read_classes
     from pets.files import write_csv, write_json
+    from pets.labels import read_classes
     from pets.plots import confusion_matrix_plot, image_grid, save
     from pets.tracking import Tracker
 
@@ -80,8 +80,7 @@ def main(
     worst = interpret.top_losses(table, cfg.k)
     pixels = PixelCache(cache)
     rows = pixels.rows_for(worst["path"].tolist())
-    canvases, sizes = pixels.read(rows), pixels.sizes(rows).int().tolist()
-    photos = [canvases[i, :h, :w].numpy() for i, (h, w) in enumerate(sizes)]
+    photos = pixels.photos(rows)
     titles = [
         f"{r.predicted} / {r.actual}\nloss {r.loss:.2f} · p(actual) {r.p_actual:.2f}\n"
         f"p(predicted) {r.p_predicted:.2f}"

@@ -75,9 +75,7 @@ def main(
     pixels = PixelCache(cache)
     pictures = {}
     for path in sorted(shown):
-        row = pixels.rows_for([path])
-        height, width = pixels.sizes(row).int().tolist()[0]
-        pictures[path] = thumbnail_uri(pixels.read(row)[0, :height, :width].numpy())
+        pictures[path] = thumbnail_uri(pixels.photos(pixels.rows_for([path]))[0])
     sections = [
         data_section(read_json(reports / "data_quality.json"), reports / "show_batch.png"),
         training_section(results, reports / "lr_find.png", read_json(metrics / "lr_find.json")),
