@@ -54,6 +54,12 @@ wildcard_constraints:
     model="|".join(MODELS),
 
 
+def gpus(spec):
+    """The GPUs a rule takes: launch.processes to train, one to run a model, none otherwise."""
+    taken = next((n for kind, n in GPUS.items() if getattr(spec, kind)), 0)
+    return {"gpu": taken} if taken else {}
+
+
 def outputs(spec):
     """A rule's named outputs: folders as `directory()`, figures in Snakemake's report."""
     named = {}
@@ -112,7 +118,7 @@ def stage_rule(spec):
             "envs/pets.yaml"
         threads: workflow.cores if spec.threads == 0 else spec.threads
         resources:
-            gpu=next((n for kind, n in GPUS.items() if getattr(spec, kind)), 0),
+            **gpus(spec),
         shell:
             rule_shell(spec)
 

@@ -189,7 +189,7 @@ def test_each_params_section_reruns_the_stages_that_read_it(own_files: Path) -> 
         "get_preds": {"bs": 2},
         "interpret": {"k": 3},
         "report": {"flips_shown": 3},
-        "export": {"check_images": 8},
+        "export": {"check_images": 4},
         "tracking": {"experiment": "other"},
         "launch": {"processes": 2},
     }

@@ -209,6 +209,9 @@ class ProjectHold:
         if self.dvc_lock is not None:
             with contextlib.suppress(Exception):
                 self.dvc_lock.unlock()
+            # We held it: in DVC's NFS mode the file's existence is the lock, and a file left
+            # behind would lock DVC out for good.
+            (self.project / ".dvc" / "tmp" / "lock").unlink(missing_ok=True)
             self.dvc_lock = None
         for handle in self.handles[1:]:
             handle.close()
