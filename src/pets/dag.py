@@ -26,7 +26,7 @@ from pets.errors import PetsError
 from pets.files import atomic_path
 from pets.fingerprints import cached_md5, known_hashes, save_hashes
 from pets.paths import HISTORY, INPUTS, LOGS, LR_FIND_CURVE, MODELS, for_model
-from pets.stage import StageSpec, command, expand, passed
+from pets.stage import StageSpec, command, expand
 from pets.stages import main_of, specs
 
 DVC_YAML = "dvc.yaml"
@@ -303,11 +303,6 @@ def rule_shell(spec: StageSpec) -> str:
         return f"{{input.{name}}}" if name in spec.inputs else f"{{output.{name}}}"
 
     return command(spec, main_of(spec.name), placeholder) + " 2>&1 | tee {log}"
-
-
-def passed_names(spec: StageSpec) -> set[str]:
-    """The inputs and outputs on the stage's command line."""
-    return passed(spec, main_of(spec.name))
 
 
 def main(argv: list[str] | None = None) -> None:
