@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import report  # benchmarks/common.py
+from common import report, write_export  # benchmarks/common.py
 
 HERE = Path(__file__).resolve().parent
 
@@ -29,27 +29,9 @@ def ours(folder: Path, photos: list[Path], repeats: int, bs: int) -> dict[str, f
     """Latency and throughput of our Predictor."""
     import torch
 
-    from pets.export import save_weights
-    from pets.model import create_body, create_cnn
     from pets.predict import Predictor
-    from pets.synthetic import BREEDS
-    from pets.transforms import IMAGENET_MEAN, IMAGENET_STD
 
-    body = create_body("resnet34", "none")
-    model = create_cnn(body, 37)
-    spec = {
-        "format": "pets.export/1",
-        "arch": "resnet34",
-        "classes": list(BREEDS),
-        "size": 224,
-        "presize": 448,
-        "mean": list(IMAGENET_MEAN),
-        "std": list(IMAGENET_STD),
-        "head": {"features": 512, "hidden": 512, "dropout": [0.25, 0.5]},
-        "weights": "none",
-        "split": "6",  # resnet34's second layer group starts at its layer3
-    }
-    save_weights(model, spec, folder / "export")
+    write_export(folder / "export")
     single = Predictor(folder / "export", bs=1)
     list(single.predict(photos[:2]))  # warm-up
     latencies = []

@@ -36,33 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import report, tool_env  # benchmarks/common.py
-
-
-def write_export(folder: Path) -> Path:
-    """An export folder: resnet34 with the lesson's head for 37 classes at size 224."""
-    import torch
-
-    from pets.export import SPEC_FORMAT, save_weights
-    from pets.model import create_body, create_cnn
-    from pets.synthetic import BREEDS
-    from pets.transforms import IMAGENET_MEAN, IMAGENET_STD
-
-    torch.manual_seed(0)
-    spec = {
-        "format": SPEC_FORMAT,
-        "arch": "resnet34",
-        "classes": list(BREEDS),
-        "size": 224,
-        "presize": 448,
-        "mean": list(IMAGENET_MEAN),
-        "std": list(IMAGENET_STD),
-        "head": {"features": 512, "hidden": 512, "dropout": [0.25, 0.5]},
-        "weights": "none",
-        "split": "6",  # resnet34's second layer group starts at its layer3
-    }
-    save_weights(create_cnn(create_body("resnet34", "none"), 37), spec, folder)
-    return folder
+from common import report, tool_env, write_export  # benchmarks/common.py
 
 
 def command_side(model: Path, photo: Path, repeats: int, env: dict[str, str]) -> dict[str, float]:
