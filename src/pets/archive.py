@@ -28,6 +28,29 @@ from pets.files import md5_file, remove
 CHUNK = 1 << 20
 
 
+@dataclass(frozen=True)
+class KnownArchive:
+    """A lesson archive's published size and md5 (fastai's `fastai/data/checks.txt`)."""
+
+    size: int
+    md5: str
+
+
+# The archives the lesson and its homework name, by URL: `data.md5: auto` checks these and
+# nothing else, so pointing `data.url` at your own archive needs no md5 at all.
+KNOWN_ARCHIVES: dict[str, KnownArchive] = {
+    "https://s3.amazonaws.com/fast-ai-imageclas/oxford-iiit-pet.tgz": KnownArchive(
+        811_706_944, "e4db5c768afd933bb91f5f594d7417a4"
+    ),
+    "https://s3.amazonaws.com/fast-ai-sample/mnist_sample.tgz": KnownArchive(
+        3_214_948, "2dbc7ec6f9259b583af0072c55816a88"
+    ),
+    "http://files.fast.ai/data/examples/mnist_sample.tgz": KnownArchive(
+        3_214_948, "2dbc7ec6f9259b583af0072c55816a88"
+    ),
+}
+
+
 # Query keys whose values are secrets in signed or authenticated URLs (S3, GCS, Azure SAS,
 # CloudFront, API tokens): matched case-insensitively, as whole names or as parts of them.
 SECRET_KEYS = re.compile(
@@ -101,10 +124,33 @@ def local_path(url: str) -> Path | None:
     return Path(url).expanduser()
 
 
+def expected_md5(url: str, md5: str | None) -> str | None:
+    """The md5 an archive must have: `data.md5` when it is given, with `auto` the registry's
+    md5 for a lesson URL (`KNOWN_ARCHIVES`), else None (nothing checked)."""
+    if md5 == "auto":
+        known = KNOWN_ARCHIVES.get(url)
+        return known.md5 if known else None
+    return md5
+
+
 def _verify(path: Path, md5: str | None, url: str) -> str:
     actual = md5_file(path)
-    if md5 is not None and actual != md5:
-        raise PetsError(f"data.md5: {redact_url(url)} has md5 {actual}, expected {md5}")
+    expected = expected_md5(url, md5)
+    if expected is not None and actual != expected:
+        if md5 == "auto":
+            how = (
+                f"the known md5 of this lesson archive; the file is damaged or the URL now "
+                f"serves another file: run the stage again to download it afresh, or set "
+                f"data.md5: {actual} (or null) in params.yaml to accept it"
+            )
+        else:
+            how = (
+                f"data.md5 in params.yaml; if this is the file you mean, set data.md5: {actual} "
+                "(or auto: no check for your own archives)"
+            )
+        raise PetsError(
+            f"data.md5: {redact_url(url)} has md5 {actual}, expected {expected} ({how})"
+        )
     return actual
 
 

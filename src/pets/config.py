@@ -16,7 +16,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pets.errors import PetsError
 
 PETS_URL = "https://s3.amazonaws.com/fast-ai-imageclas/oxford-iiit-pet.tgz"
-PETS_MD5 = "e4db5c768afd933bb91f5f594d7417a4"
 NAME_RE = r"/([^/]+)_\d+.jpg$"
 # torchvision classification CNNs with a known split into the lesson's three layer groups; any
 # timm CNN is also accepted as `timm:<name>`.
@@ -86,7 +85,11 @@ class DataParams(Section):
     """The `download` stage (the lesson's `untar_data`)."""
 
     url: str = Field(PETS_URL, min_length=1, description="http(s)/file:// URL or local path")
-    md5: str | None = Field(PETS_MD5, description="expected md5 of the archive; null: no check")
+    md5: str | None = Field(
+        "auto",
+        description="the archive's md5; auto: the known md5 of a lesson URL, else no check; "
+        "null: no check",
+    )
     # Limits no real data set meets (Pets: 0.8 GB, 15k members; ImageNet: 150 GB, 1.3M), so a
     # crafted archive cannot fill the disk or exhaust inodes.
     max_extract_bytes: int = Field(
@@ -105,9 +108,11 @@ class DataParams(Section):
     @field_validator("md5")
     @classmethod
     def _md5_hex(cls, value: str | None) -> str | None:
-        if value is not None and not re.fullmatch(r"[0-9a-fA-F]{32}", value):
-            raise ValueError("must be 32 hex digits or null")
-        return value.lower() if value else value
+        if value is None or value == "auto":
+            return value
+        if not re.fullmatch(r"[0-9a-fA-F]{32}", value):
+            raise ValueError("must be auto, 32 hex digits or null")
+        return value.lower()
 
 
 class LabelsParams(Section):
