@@ -123,7 +123,10 @@ class LabelsParams(Section):
     )
     folder: str = Field("images", description="subfolder of the data set to search; '' = root")
     pattern: str = Field(NAME_RE, description="name_re: regex on '/'+path, group 1 is the label")
-    train_folder: str = Field("train", min_length=1, description="folder: training subfolder")
+    train_folder: str = Field(
+        "train",
+        description="folder: training subfolder; '': <label>/*.jpg, split by valid_pct",
+    )
     valid_folder: str = Field("valid", min_length=1, description="folder: validation subfolder")
     csv_file: str = Field(
         "labels.csv",

@@ -36,11 +36,17 @@ def label_name_re(paths: Iterable[str], pattern: str) -> dict[str, str | None]:
 
 def label_folder(paths: Iterable[str], train: str, valid: str) -> dict[str, tuple[str, bool]]:
     """ImageNet layout: label = parent folder, split by the top folder (`train`/`valid`); photos
-    outside those two folders, or directly inside them, are not returned."""
+    outside those two folders, or directly inside them, are not returned. With `train` empty,
+    the layout people make by hand (`<label>/*.jpg`, fastai's `from_folder(valid_pct=...)`):
+    label = parent folder, every photo in a folder returned with `False` (the split is drawn
+    later); photos at the top, in no label folder, are not returned."""
     labels = {}
     for path in paths:
         parts = path.split("/")
-        if len(parts) >= 3 and parts[0] in (train, valid):
+        if not train:
+            if len(parts) >= 2:
+                labels[path] = (parts[-2], False)
+        elif len(parts) >= 3 and parts[0] in (train, valid):
             labels[path] = (parts[-2], parts[0] == valid)
     return labels
 
@@ -210,6 +216,10 @@ def _labels_by_method(
         return labels, None
     if params.method == "folder":
         pairs = label_folder(paths, params.train_folder, params.valid_folder)
+        if not params.train_folder:  # <label>/*.jpg: split by valid_pct
+            if not pairs:
+                raise PetsError(f"labels.train_folder: no photos in {root}/<label>/")
+            return {p: (pairs[p][0] if p in pairs else None) for p in paths}, None
         for key, name in (
             ("train_folder", params.train_folder),
             ("valid_folder", params.valid_folder),
@@ -277,7 +287,11 @@ def label_dataset(params: LabelsParams, dataset: Path, seed: int, threads: int =
     labels, fixed_split = _labels_by_method(params, dataset, root, found)
     unlabelled = {
         "name_re": "pattern does not match",
-        "folder": "not in a train/valid label folder",
+        "folder": (
+            "not in a label folder"
+            if not params.train_folder
+            else "not in a train/valid label folder"
+        ),
         "csv": "not in the CSV",
     }.get(params.method, "no label")
     skipped = [(p, unlabelled) for p, label in labels.items() if label is None]

@@ -1,12 +1,22 @@
-"""Stage `download`: the lesson's `untar_data(URLs.PETS)`.
+"""Stage `download`: the lesson's `untar_data(URLs.PETS)`, or your own photos.
 
-Fetches the archive at `data.url` (http(s), file:// or a path) once, keeping downloads under
-~/.cache/pets/archives, verifies `data.md5`, and extracts it into the data set folder, refusing
-members that would land outside it. When the archive holds one top-level folder (Pets:
-oxford-iiit-pet/), that folder becomes the data set folder.
+`data.url` names one of:
+- an archive (http(s), file:// or a path; .tgz, .tar.gz, .tar, .zip): fetched once (downloads
+  kept under ~/.cache/pets/archives), verified against `data.md5` (`auto`: the known md5 of a
+  lesson archive), extracted into the data set folder, refusing members that would land outside
+  it;
+- a local folder of photos: hard-linked into the data set folder (copied only across disks),
+  never modified; tracked by content, so adding, removing or changing a photo reruns the stage;
+- a URL list (a `.csv` of `url,label` rows, or a folder of `<label>.txt` files with one URL per
+  line): see pets.url_list.
 
-params: data.url, data.md5
-outputs: the data set folder (--dataset) and a manifest (--manifest): archive md5, file count
+Operating-system junk (`__MACOSX/`, `._*`, `.DS_Store`, `Thumbs.db`, `desktop.ini`) is left
+out; when what is left lies in one top-level folder (Pets: oxford-iiit-pet/), that folder
+becomes the data set folder.
+
+params: data.*
+outputs: the data set folder (--dataset) and a manifest (--manifest): where the photos came
+from, their md5 or count
 """
 
 from __future__ import annotations
@@ -16,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from pets import paths
 from pets.config import Params
+from pets.errors import PetsError
 from pets.stage import StageSpec, stage_cli
 
 if TYPE_CHECKING:
@@ -23,12 +34,44 @@ if TYPE_CHECKING:
 
 
 def main(params: Params, *, dataset: Path, manifest: Path, tracker: Tracker | None = None) -> None:
-    """Fetch, verify and extract the archive; write the manifest last."""
-    from pets.archive import count_files, dataset_manifest, extract, fetch, redact_url
+    """Make the data set folder from `data.url`; write the manifest last."""
+    from pets.archive import (
+        count_files,
+        dataset_manifest,
+        extract,
+        fetch,
+        link_folder,
+        local_path,
+        redact_url,
+        source_kind,
+    )
     from pets.files import write_json
     from pets.tracking import Tracker
 
     tracker = tracker or Tracker()
+    kind = source_kind(params.data.url)
+    if kind == "folder":
+        if params.data.md5 not in ("auto", None):
+            raise PetsError("data.md5: a folder has no md5; set data.md5: auto (or null)")
+        folder = local_path(params.data.url)
+        assert folder is not None  # a folder is always local
+        linked = link_folder(folder, dataset)
+        how = "linked" if linked.linked else "copied (another disk: hard links are impossible)"
+        print(f"{dataset}: {linked.files} files of {folder} {how}")
+        write_json(
+            manifest,
+            {
+                "url": redact_url(params.data.url),
+                "kind": kind,
+                "md5": linked.md5,
+                "top_folder": linked.top_folder,
+                "files": linked.files,
+                "linked": linked.linked,
+            },
+        )
+        tracker.set_tags({"data.archive_md5": linked.md5, "data.url": redact_url(params.data.url)})
+        tracker.log_metrics({"data_files": linked.files})
+        return
     fetched = fetch(params.data.url, params.data.md5)
     print(f"extracting {fetched.path} ({fetched.size / 2**20:.1f} MiB, md5 {fetched.md5})")
     top_folder = extract(fetched.path, dataset, params.data)
@@ -40,7 +83,8 @@ def main(params: Params, *, dataset: Path, manifest: Path, tracker: Tracker | No
 
 
 def archive_sources(params: Params) -> list[Path]:
-    """The archive itself when `data.url` is a local file: tracked by its content."""
+    """What `data.url` names when it is local (an archive, a folder of photos, a URL list):
+    tracked by its content (a folder: every file's path and md5)."""
     from pets.archive import local_path
 
     path = local_path(params.data.url)
