@@ -15,7 +15,8 @@ import pytest
 from pets.archive import extract, is_junk, link_folder, source_kind
 from pets.config import LabelsParams, Params
 from pets.errors import PetsError
-from pets.labels import label_dataset, label_folder
+from pets.labels import label_dataset, label_folder, stratified_split
+from pets.report import data_notes
 from pets.stages import download
 from pets.synthetic import make_pets
 from tests.helpers import SMALL_SIZES, TINY, make_project, run_tool
@@ -165,3 +166,37 @@ def test_both_tools_track_a_folder_by_content(tmp_path: Path) -> None:
     finally:
         new.unlink()
     assert _planned(project, "data/split.csv") == set()
+
+
+def test_a_stratified_split_holds_out_each_class() -> None:
+    labels = ["a"] * 20 + ["b"] * 3 + ["c"] * 2
+    is_valid = stratified_split(labels, 0.2, seed=2)
+    held = {
+        name: sum(v for v, lab in zip(is_valid, labels, strict=True) if lab == name)
+        for name in "abc"
+    }
+    assert held == {"a": 4, "b": 1, "c": 1}  # round(0.2 * n), at least 1, never all
+    assert stratified_split(labels, 0.2, seed=2) == is_valid
+    assert stratified_split(labels, 0.2, seed=3) != is_valid
+    with pytest.raises(PetsError, match="labels.stratify: class 'd' has 1 photo"):
+        stratified_split([*labels, "d"], 0.2, seed=2)
+
+
+def test_uneven_classes_get_a_note(tmp_path: Path) -> None:
+    source = _photos(tmp_path / "photos", classes=2, per_class=12)
+    for number in range(3, 13):
+        (source / "Bengal" / f"{number}.jpg").unlink()
+    params = LabelsParams(method="folder", folder="", train_folder="", stratify=True)
+    quality = label_dataset(params, source, seed=2).quality()
+    assert quality["per_class"] == {
+        "Abyssinian": {"train": 10, "valid": 2},
+        "Bengal": {"train": 1, "valid": 1},
+    }
+    assert quality["balance"]["ratio"] == 6.0
+    assert (
+        "'Abyssinian', 12 photos) has 6.0x the photos of the smallest"
+        in (quality["balance"]["note"])
+    )
+    assert "Uneven classes" in "".join(data_notes(quality))
+    even = label_dataset(params, _photos(tmp_path / "even", classes=2), seed=2).quality()
+    assert even["balance"]["note"] == "" and data_notes(even) == []

@@ -138,6 +138,9 @@ class LabelsParams(Section):
         "labels.txt", min_length=1, description="lists: a label per line; ./x.txt: in the project"
     )
     valid_pct: float = Field(0.2, gt=0, lt=1, description="share of photos held out for valid")
+    stratify: bool = Field(
+        False, description="hold out valid_pct of each class (at least one photo each)"
+    )
 
     @field_validator("folder", "csv_file", "labels_file")
     @classmethod

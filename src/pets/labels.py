@@ -156,6 +156,55 @@ def random_split(count: int, valid_pct: float, seed: int) -> list[bool]:
     return is_valid
 
 
+def stratified_split(labels: list[str], valid_pct: float, seed: int) -> list[bool]:
+    """`valid_pct` of each class held out (rounded, at least one photo, never all of them), so
+    a small or uneven data set keeps every class in both sets; classes are drawn in sorted
+    order from one seeded generator of their own. A class of fewer than 2 photos is refused."""
+    generator = torch.Generator().manual_seed(seed)
+    by_class: dict[str, list[int]] = {}
+    for index, label in enumerate(labels):
+        by_class.setdefault(label, []).append(index)
+    is_valid = [False] * len(labels)
+    for label in sorted(by_class):
+        members = by_class[label]
+        if len(members) < 2:
+            raise PetsError(
+                f"labels.stratify: class {label!r} has {len(members)} photo; a stratified "
+                "split needs at least 2 per class (one to train, one to validate)"
+            )
+        held = min(len(members) - 1, max(1, round(valid_pct * len(members))))
+        for position in torch.randperm(len(members), generator=generator)[:held].tolist():
+            is_valid[members[position]] = True
+    return is_valid
+
+
+# A class more than this many times the size of the smallest gets a note in the report: the
+# model then learns mostly the big classes, and the error rate hides the small ones.
+IMBALANCE = 5.0
+
+
+def balance(per_class: dict[str, dict[str, int]]) -> dict:
+    """The largest and smallest class by photo count, their ratio, and a note when the ratio
+    is above `IMBALANCE`."""
+    totals = {label: n["train"] + n["valid"] for label, n in per_class.items()}
+    largest = max(totals, key=lambda label: (totals[label], label))
+    smallest = min(totals, key=lambda label: (totals[label], label))
+    ratio = totals[largest] / max(1, totals[smallest])
+    note = ""
+    if ratio > IMBALANCE:
+        note = (
+            f"the largest class ({largest!r}, {totals[largest]} photos) has {ratio:.1f}x the "
+            f"photos of the smallest ({smallest!r}, {totals[smallest]}): add photos to the small "
+            "classes, and read the per-class error rates, not only the overall one"
+        )
+    return {
+        "largest": [largest, totals[largest]],
+        "smallest": [smallest, totals[smallest]],
+        "ratio": round(ratio, 3),
+        "note": note,
+    }
+
+
 @dataclass
 class Labelled:
     """The labels stage's result: the split table and what was left out, and why."""
@@ -189,6 +238,7 @@ class Labelled:
             "classes": self.classes,
             "per_class": per_class,
             "classes_without_valid": [c for c, n in per_class.items() if n["valid"] == 0],
+            "balance": balance(per_class),
             "skipped_count": len(self.skipped),
             "skipped_by_reason": dict(sorted(reasons.items())),
             "skipped": [{"path": path, "reason": reason} for path, reason in self.skipped],
@@ -308,7 +358,9 @@ def label_dataset(params: LabelsParams, dataset: Path, seed: int, threads: int =
             f"{example[1]}"
         )
     prefix = root.relative_to(dataset).as_posix() + "/" if params.folder else ""
-    if fixed_split is None:
+    if fixed_split is None and params.stratify:
+        is_valid = stratified_split([str(labels[p]) for p in usable], params.valid_pct, seed)
+    elif fixed_split is None:
         is_valid = random_split(len(usable), params.valid_pct, seed)
     else:
         is_valid = [bool(fixed_split[p]) for p in usable]

@@ -230,6 +230,15 @@ def read_model_report(name: str, reports: Path, metrics: Path) -> ModelReport:
     )
 
 
+def data_notes(quality: dict) -> list[str]:
+    """Paragraphs on what the data set needs a reader to know: an uneven class balance."""
+    notes = []
+    note = quality.get("balance", {}).get("note")
+    if note:
+        notes.append(f"<p><b>Uneven classes:</b> {html.escape(note)}.</p>")
+    return notes
+
+
 def data_section(quality: dict, show_batch: Path) -> str:
     """What the labels stage found, and the augmented batch preview."""
     counts = pd.DataFrame([{"class": name, **n} for name, n in quality["per_class"].items()])
@@ -238,6 +247,7 @@ def data_section(quality: dict, show_batch: Path) -> str:
         f"<p>{quality['images_used']} photos in {quality['c']} classes ({quality['train']} train, "
         f"{quality['valid']} validation) of {quality['images_found']} image files found; "
         f"{quality['skipped_count']} left out.</p>",
+        *data_notes(quality),
         "<h3>show_batch</h3>",
         image(png_uri(show_batch), "show_batch"),
         f"<details><summary>photos per class</summary>{table(counts)}</details>",

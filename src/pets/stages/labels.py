@@ -56,6 +56,10 @@ def main(
     )
     for reason, count in summary["skipped_by_reason"].items():
         print(f"  skipped {count}: {reason}")
+    for label, counts in summary["per_class"].items():
+        print(f"  {label}: {counts['train']} train, {counts['valid']} valid")
+    if summary["balance"]["note"]:
+        print(f"note: {summary['balance']['note']}")
     if summary["classes_without_valid"]:
         print(
             f"warning: no validation photo for {len(summary['classes_without_valid'])} classes, "
