@@ -133,13 +133,13 @@ def expected_md5(url: str, md5: str | None) -> str | None:
     return md5
 
 
-URL_LIST_SUFFIXES = (".csv", ".txt")
+URL_LIST_SUFFIXES = (".csv",)
 
 
 def source_kind(url: str) -> str:
     """What `data.url` names: `archive` (a URL or a local archive file), `folder` (a local
-    folder of photos) or `urls` (a URL list: a local `.csv` of `url,label` rows, a `.txt` of
-    URLs, or a folder of `<label>.txt` files and no photos)."""
+    folder of photos) or `urls` (a URL list: a local `.csv` of `url,label` rows, or a folder
+    of `<label>.txt` files and no photos)."""
     from pets.images import IMAGE_EXTENSIONS
 
     path = local_path(url)

@@ -105,6 +105,15 @@ class DataParams(Section):
         description="most extracted bytes per archive byte, past 64 MiB (photos compress ~1x)",
     )
 
+    # URL lists (a CSV of url,label or a folder of <label>.txt): how each photo is fetched.
+    workers: int = Field(8, ge=1, le=64, description="URL lists: photos fetched at once")
+    timeout: float = Field(10.0, gt=0, le=600, description="URL lists: seconds per request")
+    retries: int = Field(2, ge=0, le=10, description="URL lists: retries of a timeout or 5xx")
+    backoff: float = Field(1.0, ge=0, le=60, description="URL lists: first retry's wait, doubling")
+    max_photo_bytes: int = Field(
+        20 << 20, ge=1, le=1 << 34, description="URL lists: largest photo fetched (20 MiB)"
+    )
+
     @field_validator("md5")
     @classmethod
     def _md5_hex(cls, value: str | None) -> str | None:

@@ -257,6 +257,12 @@ def data_section(quality: dict, show_batch: Path) -> str:
             f"<details><summary>left out ({quality['skipped_count']})</summary>"
             f"{table(skipped)}</details>"
         )
+    failures = quality.get("download_failures") or []
+    if failures:
+        body.append(
+            f"<details><summary>URLs that gave no photo ({len(failures)})</summary>"
+            f"{table(pd.DataFrame(failures[:200]))}</details>"
+        )
     return section("data", "Data", body)
 
 

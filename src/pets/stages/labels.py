@@ -6,9 +6,11 @@ labels them, splits them with a seeded generator (`labels.valid_pct`, `seed`) un
 fixes the split, and prints `classes` and `c` as the lesson does.
 
 params: labels.*, seed
-inputs: the data set folder (--dataset)
+inputs: the data set folder (--dataset), the download's manifest (--manifest: the URLs of a
+URL list that gave no photo, and why)
 outputs: --split (path,label,is_valid; paths relative to the data set folder), --classes (sorted
-class names, JSON), --quality (per-class counts, skipped files and why, JSON)
+class names, JSON), --quality (per-class counts, skipped files and why, download failures,
+JSON)
 """
 
 from __future__ import annotations
@@ -31,20 +33,24 @@ def main(
     params: Params,
     *,
     dataset: Path,
+    manifest: Path | None = None,
     split: Path,
     classes: Path,
     quality: Path,
     threads: int = 1,
     tracker: Tracker | None = None,
 ) -> None:
-    """Label and split the data set; write the split, the classes and the quality summary."""
-    from pets.files import write_csv, write_json
+    """Label and split the data set; write the split, the classes and the quality summary
+    (with the URLs a URL list's download got no photo from, read from `manifest`)."""
+    from pets.files import read_json, write_csv, write_json
     from pets.labels import label_dataset
     from pets.tracking import Tracker
 
     tracker = tracker or Tracker()
     labelled = label_dataset(params.labels, dataset, params.seed, threads)
     summary = labelled.quality()
+    if manifest is not None and manifest.is_file():
+        summary["download_failures"] = read_json(manifest).get("failures", [])
     write_json(quality, summary)
     write_json(classes, labelled.classes)
     write_csv(split, labelled.split)
@@ -103,7 +109,7 @@ def label_sources(params: Params) -> list[Path]:
 SPEC = StageSpec(
     name="labels",
     params=("labels", "seed"),
-    inputs={"dataset": paths.DATASET},
+    inputs={"dataset": paths.DATASET, "manifest": paths.MANIFEST},
     outputs={"split": paths.SPLIT, "classes": paths.CLASSES, "quality": paths.QUALITY},
     sources=label_sources,
 )
