@@ -200,3 +200,51 @@ def test_uneven_classes_get_a_note(tmp_path: Path) -> None:
     assert "Uneven classes" in "".join(data_notes(quality))
     even = label_dataset(params, _photos(tmp_path / "even", classes=2), seed=2).quality()
     assert even["balance"]["note"] == "" and data_notes(even) == []
+
+
+def _corrected(tmp_path: Path, text: str | None) -> dict:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    os.chdir(tmp_path)  # the corrections file is a file of the project: its path is relative
+    source = _photos(tmp_path / "photos", classes=2, per_class=5)
+    if text is not None:
+        (tmp_path / "corrections.csv").write_text(text)
+    params = LabelsParams(
+        method="folder", folder="", train_folder="", corrections="corrections.csv"
+    )
+    labelled = label_dataset(params, source, seed=2)
+    return {"split": labelled.split, "quality": labelled.quality()}
+
+
+def test_corrections_relabel_and_drop_after_the_split(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    before = _corrected(tmp_path / "a", None)
+    assert before["quality"]["corrections"]["relabelled"] == 0  # no file yet: none
+    after = _corrected(tmp_path / "b", "path,label\nAbyssinian/2.jpg,Bengal\nBengal/3.jpg,\n")
+    split = after["split"].set_index("path")
+    assert split.at["Abyssinian/2.jpg", "label"] == "Bengal" and "Bengal/3.jpg" not in split.index
+    assert after["quality"]["corrections"] == {
+        "file": "corrections.csv",
+        "relabelled": 1,
+        "dropped": 1,
+    }
+    unchanged = before["split"].set_index("path").drop(index=["Bengal/3.jpg"])["is_valid"]
+    assert split["is_valid"].equals(unchanged)  # no other photo moved between train and valid
+    assert "1 labels corrected and 1 photos dropped" in "".join(data_notes(after["quality"]))
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "path,label\nAbyssinian/1.jpg,Bengal\nNope/1.jpg,Bengal\n",
+            r"row 3: no photo 'Nope/1.jpg'",
+        ),
+        ("path,label\nAbyssinian/1.jpg,Siamese\n", r"row 2: label 'Siamese' is not one of the 2"),
+        ("path,label\nBengal/1.jpg,\nBengal/1.jpg,Bengal\n", r"row 3 names 'Bengal/1.jpg' again"),
+        ("file,label\n", r"needs the columns path,label"),
+    ],
+)
+def test_bad_corrections_are_one_line(tmp_path: Path, monkeypatch, text: str, message: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(PetsError, match=rf"labels.corrections: corrections.csv {message}"):
+        _corrected(tmp_path, text)

@@ -147,6 +147,11 @@ class LabelsParams(Section):
         "labels.txt", min_length=1, description="lists: a label per line; ./x.txt: in the project"
     )
     valid_pct: float = Field(0.2, gt=0, lt=1, description="share of photos held out for valid")
+    corrections: str = Field(
+        "",
+        description="a CSV of the project, path,label: relabel a photo, or path, to drop it "
+        "(`pets clean` writes it); '': none",
+    )
     stratify: bool = Field(
         False, description="hold out valid_pct of each class (at least one photo each)"
     )
@@ -155,6 +160,14 @@ class LabelsParams(Section):
     @classmethod
     def _inside(cls, value: str) -> str:
         return _relative(value)
+
+    @field_validator("corrections")
+    @classmethod
+    def _in_project(cls, value: str) -> str:
+        path = PurePosixPath(value)
+        if value and (path.is_absolute() or ".." in path.parts):
+            raise ValueError("must be a relative path inside the project (e.g. corrections.csv)")
+        return value
 
     @field_validator("pattern")
     @classmethod

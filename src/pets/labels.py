@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pandas as pd
 import torch
@@ -205,6 +205,71 @@ def balance(per_class: dict[str, dict[str, int]]) -> dict:
     }
 
 
+def read_corrections(path: Path) -> dict[str, tuple[str | None, int]]:
+    """`labels.corrections`: photo path (relative to the data set folder) -> (new label, or
+    None to drop it; its row number). A missing file is no corrections (`pets clean` creates
+    it); rows are `path,label` or `path,`; a repeated path is an error naming both rows."""
+    key = "labels.corrections"
+    why = not_regular(path)
+    if why == "not found":
+        return {}
+    if why:
+        raise PetsError(f"{key}: {path} is {why}, not a regular file")
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        return {}
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise PetsError(f"{key}: {path} is not a readable CSV ({exc})") from None
+    if list(table.columns) != ["path", "label"]:
+        raise PetsError(
+            f"{key}: {path} needs the columns path,label (has {', '.join(table.columns)})"
+        )
+    corrections: dict[str, tuple[str | None, int]] = {}
+    for index, (photo, label) in enumerate(zip(table["path"], table["label"], strict=True)):
+        row = index + 2
+        photo, label = photo.strip(), label.strip()
+        if not photo:
+            raise PetsError(f"{key}: {path} row {row} has no path")
+        if photo in corrections:
+            raise PetsError(
+                f"{key}: {path} row {row} names {photo!r} again (row {corrections[photo][1]})"
+            )
+        corrections[photo] = (label or None, row)
+    return corrections
+
+
+def apply_corrections(
+    split: pd.DataFrame, corrections: dict[str, tuple[str | None, int]], dataset: Path, path: Path
+) -> tuple[pd.DataFrame, int, int]:
+    """The split with `corrections` applied after it was drawn (so fixing one label moves no
+    other photo between train and valid); returns it and the counts relabelled and dropped.
+    A photo that does not exist, or a label not among the classes, is an error naming the row;
+    a photo left out already (it does not decode) is passed over."""
+    key = "labels.corrections"
+    classes = set(split["label"])
+    labelled = dict(zip(split["path"], split.index, strict=True))
+    split = split.copy()
+    drop, relabelled = [], 0
+    for photo, (label, row) in corrections.items():
+        if photo not in labelled:
+            if (dataset / photo).is_file() and not PurePosixPath(photo).is_absolute():
+                continue
+            raise PetsError(f"{key}: {path} row {row}: no photo {photo!r} in {dataset}")
+        if label is None:
+            drop.append(labelled[photo])
+        elif label not in classes:
+            raise PetsError(
+                f"{key}: {path} row {row}: label {label!r} is not one of the "
+                f"{len(classes)} classes ({', '.join(sorted(classes)[:8])}"
+                f"{', ...' if len(classes) > 8 else ''})"
+            )
+        elif split.at[labelled[photo], "label"] != label:
+            split.at[labelled[photo], "label"] = label
+            relabelled += 1
+    return split.drop(index=drop).reset_index(drop=True), relabelled, len(drop)
+
+
 @dataclass
 class Labelled:
     """The labels stage's result: the split table and what was left out, and why."""
@@ -212,6 +277,7 @@ class Labelled:
     split: pd.DataFrame
     found: int
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    corrections: dict = field(default_factory=dict)  # file, relabelled, dropped
 
     @property
     def classes(self) -> list[str]:
@@ -242,6 +308,7 @@ class Labelled:
             "skipped_count": len(self.skipped),
             "skipped_by_reason": dict(sorted(reasons.items())),
             "skipped": [{"path": path, "reason": reason} for path, reason in self.skipped],
+            "corrections": self.corrections,
         }
 
 
@@ -371,9 +438,16 @@ def label_dataset(params: LabelsParams, dataset: Path, seed: int, threads: int =
             "is_valid": is_valid,
         }
     )
+    corrected: dict = {}
+    if params.corrections:
+        path = Path(params.corrections)
+        split, relabelled, dropped = apply_corrections(split, read_corrections(path), dataset, path)
+        corrected = {"file": str(path), "relabelled": relabelled, "dropped": dropped}
     validate_split(split, params)
     skipped_rows = sorted((prefix + p, reason) for p, reason in skipped)
-    return Labelled(split=split, found=len(found) + len(unnamed), skipped=skipped_rows)
+    return Labelled(
+        split=split, found=len(found) + len(unnamed), skipped=skipped_rows, corrections=corrected
+    )
 
 
 def _utf8(name: str) -> bool:

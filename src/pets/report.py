@@ -231,8 +231,15 @@ def read_model_report(name: str, reports: Path, metrics: Path) -> ModelReport:
 
 
 def data_notes(quality: dict) -> list[str]:
-    """Paragraphs on what the data set needs a reader to know: an uneven class balance."""
+    """Paragraphs on what the data set needs a reader to know: the label corrections made,
+    an uneven class balance."""
     notes = []
+    fixed = quality.get("corrections")
+    if fixed:
+        notes.append(
+            f"<p><b>Corrections:</b> {fixed['relabelled']} labels corrected and "
+            f"{fixed['dropped']} photos dropped by {html.escape(fixed['file'])}.</p>"
+        )
     note = quality.get("balance", {}).get("note")
     if note:
         notes.append(f"<p><b>Uneven classes:</b> {html.escape(note)}.</p>")

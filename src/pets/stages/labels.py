@@ -60,6 +60,12 @@ def main(
         f"photos: {summary['images_used']} used ({summary['train']} train, {summary['valid']} "
         f"valid) of {summary['images_found']} found; {summary['skipped_count']} skipped"
     )
+    if summary["corrections"]:
+        fixed = summary["corrections"]
+        print(
+            f"corrections ({fixed['file']}): {fixed['relabelled']} labels corrected, "
+            f"{fixed['dropped']} photos dropped"
+        )
     for reason, count in summary["skipped_by_reason"].items():
         print(f"  skipped {count}: {reason}")
     for label, counts in summary["per_class"].items():
@@ -77,6 +83,8 @@ def main(
             "train_images": summary["train"],
             "valid_images": summary["valid"],
             "skipped_images": summary["skipped_count"],
+            "corrected_labels": summary["corrections"].get("relabelled", 0),
+            "dropped_photos": summary["corrections"].get("dropped", 0),
         }
     )
 
@@ -98,12 +106,14 @@ def label_func_file(spec: str) -> Path:
 
 def label_sources(params: Params) -> list[Path]:
     """The user's files that decide the labels: the module behind `labels.func` (found without
-    running it), or a labels file kept in the project (`./labels.csv`)."""
+    running it), or a labels file kept in the project (`./labels.csv`), and the corrections
+    file (`labels.corrections`)."""
     cfg = params.labels
-    if cfg.method == "name_func":
-        return [label_func_file(cfg.func)]
     named = {"csv": cfg.csv_file, "lists": cfg.labels_file}.get(cfg.method, "")
-    return [Path(named)] if named.startswith("./") else []
+    found = [Path(named)] if named.startswith("./") else []
+    if cfg.method == "name_func":
+        found = [label_func_file(cfg.func)]
+    return found + ([Path(cfg.corrections)] if cfg.corrections else [])
 
 
 SPEC = StageSpec(
