@@ -203,8 +203,15 @@ def dvc_yaml(project: Path) -> str:
         *(f"      - {path}" for path in code_files(project, "src/pets/dag.py")),
         "    outs:",
     ]
+    # persist: DVC deletes a stage's outs before running it, which would give every record a
+    # new mtime on each `dvc repro` and make Snakemake rerun every stage; `pets dag inputs`
+    # rewrites only the records that changed.
     for name in specs():
-        lines += [f"      - {inputs_record_path(name)}:", "          cache: false"]
+        lines += [
+            f"      - {inputs_record_path(name)}:",
+            "          cache: false",
+            "          persist: true",
+        ]
     for name, spec in specs().items():
         indent = "      " if spec.per_model else "    "
         lines += ["", f"  {name}:"]
