@@ -164,6 +164,8 @@ def stratified_split(labels: list[str], valid_pct: float, seed: int) -> list[boo
     """`valid_pct` of each class held out (rounded, at least one photo, never all of them), so
     a small or uneven data set keeps every class in both sets; classes are drawn in sorted
     order from one seeded generator of their own. A class of fewer than 2 photos is refused."""
+    import torch
+
     generator = torch.Generator().manual_seed(seed)
     by_class: dict[str, list[int]] = {}
     for index, label in enumerate(labels):
