@@ -145,6 +145,27 @@ def test_local_archives_are_verified_in_place(tmp_path: Path) -> None:
         fetch(str(tmp_path / "missing.tgz"), None)
 
 
+def test_md5_belongs_to_the_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pets.archive import KNOWN_ARCHIVES, expected_md5
+    from pets.config import PETS_URL
+
+    assert KNOWN_ARCHIVES[PETS_URL].md5 == "e4db5c768afd933bb91f5f594d7417a4"
+    assert KNOWN_ARCHIVES[PETS_URL].size == 811_706_944
+    assert expected_md5(PETS_URL, "auto") == "e4db5c768afd933bb91f5f594d7417a4"
+    assert expected_md5("https://example.com/mine.tgz", "auto") is None
+    assert expected_md5(PETS_URL, None) is None
+    assert expected_md5("https://example.com/mine.tgz", "1" * 32) == "1" * 32
+    archive = _tar(tmp_path / "mine.tgz", [_file("mine/a.txt")])
+    assert fetch(str(archive), "auto").path == archive  # your own archive: no md5 needed
+    md5 = hashlib.md5(archive.read_bytes()).hexdigest()
+    with pytest.raises(PetsError, match=f"if this is the file you mean, set data.md5: {md5}"):
+        fetch(str(archive), "2" * 32)
+    # A lesson URL under `auto` is checked against the registry, and says how to get past it.
+    monkeypatch.setitem(KNOWN_ARCHIVES, str(archive), KNOWN_ARCHIVES[PETS_URL])
+    with pytest.raises(PetsError, match=r"the known md5 of this lesson archive.*run the stage"):
+        fetch(str(archive), "auto")
+
+
 class _RangeHandler(http.server.BaseHTTPRequestHandler):
     """Serves one payload, honouring `Range: bytes=N-`; counts requests."""
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pets.config import PETS_MD5, PETS_URL, Params, load_params, parse_params
+from pets.config import PETS_URL, Params, load_params, parse_params
 from pets.errors import PetsError
 from pets.stages import specs
 
@@ -17,7 +17,7 @@ def test_committed_params_are_the_lessons_defaults() -> None:
     params = load_params(REPO / "params.yaml")
     assert params == Params()
     assert params.seed == 2
-    assert params.data.url == PETS_URL and params.data.md5 == PETS_MD5
+    assert params.data.url == PETS_URL and params.data.md5 == "auto"
     assert params.labels.pattern == r"/([^/]+)_\d+.jpg$"
     assert params.labels.valid_pct == 0.2
     assert (params.augment.max_rotate, params.augment.max_zoom, params.augment.max_warp) == (
@@ -40,7 +40,7 @@ def test_committed_params_are_the_lessons_defaults() -> None:
         ({"labels": {"pattern": "no_group"}}, "labels.pattern: needs a capture group"),
         ({"labels": {"pattern": "(unclosed"}}, "labels.pattern: is not a valid regular expression"),
         ({"labels": {"folder": "../outside"}}, "labels.folder: must be a relative path inside"),
-        ({"data": {"md5": "xyz"}}, "data.md5: must be 32 hex digits or null"),
+        ({"data": {"md5": "xyz"}}, "data.md5: must be auto, 32 hex digits or null"),
         ({"device": "tpu"}, "device: input should be 'auto', 'cuda' or 'cpu'"),
         ({"cache": {"size": 8}}, "cache.size: input should be greater than or equal to 32"),
     ],

@@ -28,6 +28,29 @@ from pets.files import md5_file, remove
 CHUNK = 1 << 20
 
 
+@dataclass(frozen=True)
+class KnownArchive:
+    """A lesson archive's published size and md5 (fastai's `fastai/data/checks.txt`)."""
+
+    size: int
+    md5: str
+
+
+# The archives the lesson and its homework name, by URL: `data.md5: auto` checks these and
+# nothing else, so pointing `data.url` at your own archive needs no md5 at all.
+KNOWN_ARCHIVES: dict[str, KnownArchive] = {
+    "https://s3.amazonaws.com/fast-ai-imageclas/oxford-iiit-pet.tgz": KnownArchive(
+        811_706_944, "e4db5c768afd933bb91f5f594d7417a4"
+    ),
+    "https://s3.amazonaws.com/fast-ai-sample/mnist_sample.tgz": KnownArchive(
+        3_214_948, "2dbc7ec6f9259b583af0072c55816a88"
+    ),
+    "http://files.fast.ai/data/examples/mnist_sample.tgz": KnownArchive(
+        3_214_948, "2dbc7ec6f9259b583af0072c55816a88"
+    ),
+}
+
+
 # Query keys whose values are secrets in signed or authenticated URLs (S3, GCS, Azure SAS,
 # CloudFront, API tokens): matched case-insensitively, as whole names or as parts of them.
 SECRET_KEYS = re.compile(
@@ -101,10 +124,62 @@ def local_path(url: str) -> Path | None:
     return Path(url).expanduser()
 
 
+def expected_md5(url: str, md5: str | None) -> str | None:
+    """The md5 an archive must have: `data.md5` when it is given, with `auto` the registry's
+    md5 for a lesson URL (`KNOWN_ARCHIVES`), else None (nothing checked)."""
+    if md5 == "auto":
+        known = KNOWN_ARCHIVES.get(url)
+        return known.md5 if known else None
+    return md5
+
+
+URL_LIST_SUFFIXES = (".csv",)
+
+
+def source_kind(url: str) -> str:
+    """What `data.url` names: `archive` (a URL or a local archive file), `folder` (a local
+    folder of photos) or `urls` (a URL list: a local `.csv` of `url,label` rows, or a folder
+    of `<label>.txt` files and no photos)."""
+    from pets.images import IMAGE_EXTENSIONS
+
+    path = local_path(url)
+    if path is None:
+        return "archive"
+    if path.is_dir():
+        files = [
+            file.relative_to(path).as_posix()
+            for file in path.rglob("*")
+            if file.is_file() and not is_junk(file.relative_to(path).as_posix())
+        ]
+        if any(PurePosixPath(name).suffix.lower() in IMAGE_EXTENSIONS for name in files):
+            return "folder"
+        if any(name.lower().endswith(".txt") for name in files):
+            return "urls"
+        raise PetsError(
+            f"data.url: {path} holds no photos (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}) "
+            "and no <label>.txt URL lists"
+        )
+    return "urls" if path.suffix.lower() in URL_LIST_SUFFIXES else "archive"
+
+
 def _verify(path: Path, md5: str | None, url: str) -> str:
     actual = md5_file(path)
-    if md5 is not None and actual != md5:
-        raise PetsError(f"data.md5: {redact_url(url)} has md5 {actual}, expected {md5}")
+    expected = expected_md5(url, md5)
+    if expected is not None and actual != expected:
+        if md5 == "auto":
+            how = (
+                f"the known md5 of this lesson archive; the file is damaged or the URL now "
+                f"serves another file: run the stage again to download it afresh, or set "
+                f"data.md5: {actual} (or null) in params.yaml to accept it"
+            )
+        else:
+            how = (
+                f"data.md5 in params.yaml; if this is the file you mean, set data.md5: {actual} "
+                "(or auto: no check for your own archives)"
+            )
+        raise PetsError(
+            f"data.md5: {redact_url(url)} has md5 {actual}, expected {expected} ({how})"
+        )
     return actual
 
 
@@ -323,6 +398,23 @@ def _check_zip_member(info: zipfile.ZipInfo) -> str:
     return name
 
 
+# What Macs and Windows leave beside photos: Finder's resource forks (`__MACOSX/`, `._name`) and
+# folder settings (`.DS_Store`), Explorer's thumbnail cache and folder settings. Never photos,
+# so they are not extracted or linked, not counted as broken files, and not a second top folder.
+JUNK_FOLDERS = frozenset({"__MACOSX", ".Spotlight-V100", ".Trashes", ".fseventsd"})
+JUNK_FILES = frozenset({".DS_Store", "Thumbs.db", "ehthumbs.db", "desktop.ini", "Desktop.ini"})
+
+
+def is_junk(name: str) -> bool:
+    """Whether the archive member or file `name` (a relative '/'-separated path) is what an
+    operating system leaves beside photos (`__MACOSX/`, `._x.jpg`, `.DS_Store`, `Thumbs.db`,
+    `desktop.ini`)."""
+    parts = [part for part in name.split("/") if part not in ("", ".")]
+    if any(part in JUNK_FOLDERS for part in parts):
+        return True
+    return bool(parts) and (parts[-1] in JUNK_FILES or parts[-1].startswith("._"))
+
+
 def _top_folder(names: list[str]) -> str | None:
     """The single top-level folder every member lies in, if there is one."""
     tops = {name.split("/")[0] for name in names if name not in ("", ".")}
@@ -380,11 +472,16 @@ def _extract_checked(archive: Path, folder: Path, budget: _Budget) -> list[str]:
             with zipfile.ZipFile(archive) as opened:
                 infos = opened.infolist()
                 names = []
+                kept = []
                 for info in infos:
-                    names.append(_check_zip_member(info))
-                    budget.add(names[-1], info.file_size, not info.is_dir())
+                    name = _check_zip_member(info)
+                    if is_junk(name):
+                        continue
+                    names.append(name)
+                    kept.append(info)
+                    budget.add(name, info.file_size, not info.is_dir())
                 _room(folder.parent, budget.bytes)
-                opened.extractall(folder)
+                opened.extractall(folder, kept)
                 return names
         if tarfile.is_tarfile(archive):
             with tarfile.open(archive) as opened:
@@ -392,8 +489,11 @@ def _extract_checked(archive: Path, folder: Path, budget: _Budget) -> list[str]:
                 # Read member by member (to the end: a truncated file fails here), so a bomb's
                 # first huge header stops it before its data is decompressed.
                 for member in opened:
-                    names.append(_check_tar_member(member))
-                    budget.add(names[-1], member.size, member.isfile())
+                    name = _check_tar_member(member)
+                    if is_junk(name):
+                        continue
+                    names.append(name)
+                    budget.add(name, member.size, member.isfile())
                     members.append(_safe_tar_member(member))
                 _room(folder.parent, budget.bytes)
                 if hasattr(tarfile, "data_filter"):  # PEP 706 checks again as it writes
@@ -413,6 +513,66 @@ def _extract_checked(archive: Path, folder: Path, budget: _Budget) -> list[str]:
     except (NotImplementedError, RuntimeError) as exc:  # zip: unsupported compression, password
         raise PetsError(f"data.url: {archive} cannot be extracted ({exc})") from None
     raise PetsError(f"data.url: {archive} is not a .tgz, .tar.gz, .tar or .zip archive")
+
+
+@dataclass(frozen=True)
+class Linked:
+    """A user's folder made the data set folder."""
+
+    top_folder: str | None  # the single top-level folder that became the data set's root
+    files: int
+    md5: str  # of every kept file's path and md5: the data set's identity, as for an archive
+    linked: bool  # every file hard-linked (False: some copied, across disks)
+
+
+def link_folder(source: Path, target: Path) -> Linked:
+    """Make `target` the data set folder of the user's folder `source` without copying or
+    touching it: every file (junk left out, see `is_junk`) hard-linked into place, copied only
+    where the two lie on different disks or links are refused. When everything lies in one
+    top-level folder (after the junk), that folder's content becomes `target`. Returns that
+    folder's name (or None), the file count, and whether every file was linked.
+
+    Hard links keep `target` a real folder (DVC hashes it as an output; Snakemake and DVC
+    delete it before a rerun, which unlinks the links and leaves the photos alone)."""
+    if not source.is_dir():
+        raise PetsError(f"data.url: {source} is not a folder")
+    files = sorted(
+        (path for path in source.rglob("*") if path.is_file()),
+        key=lambda path: path.relative_to(source).as_posix(),
+    )
+    names = [path.relative_to(source).as_posix() for path in files]
+    kept = [(path, name) for path, name in zip(files, names, strict=True) if not is_junk(name)]
+    if not kept:
+        raise PetsError(f"data.url: {source} holds no files (besides operating-system junk)")
+    for _, name in kept:
+        _utf8(name)
+    top = _top_folder([name for _, name in kept])
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for stale in target.parent.glob(f".{target.name}.link-*"):
+        remove(stale)
+    tmp = target.with_name(f".{target.name}.link-{os.getpid()}")
+    linked = True
+    lines = []
+    try:
+        for path, name in kept:
+            lines.append(f"{name}\t{md5_file(path)}")
+            destination = tmp / (name.split("/", 1)[1] if top else name)
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(path, destination)
+            except OSError:  # another disk, or a file system without hard links
+                linked = False
+                try:
+                    shutil.copyfile(path, destination)
+                except OSError as exc:
+                    full = _disk_full(exc, target.parent)
+                    raise full or PetsError(f"data.url: cannot read {path} ({exc})") from None
+        remove(target)
+        os.replace(tmp, target)
+    finally:
+        remove(tmp)
+    md5 = hashlib.md5("\n".join(lines).encode()).hexdigest()
+    return Linked(top, len(kept), md5, linked)
 
 
 def dataset_manifest(

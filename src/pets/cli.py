@@ -3,6 +3,7 @@
 `pets predict MODEL PHOTOS...` classifies photos; `pets serve MODEL` serves a page to try the
 model in a browser and `POST /predict` for programs; `pets runs` prints the latest MLflow run of
 every stage with its key params and error rate;
+`pets clean MODEL` serves a page to relabel or drop photos, writing `labels.corrections`;
 `pets dag write|check|inputs` writes dvc.yaml from the stage specs, checks it, or rewrites the
 stages' inputs records; `pets fake-data` writes a Pets-like data set."""
 
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from pets.config import load_params
 from pets.errors import PetsError
+from pets.paths import MODELS
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -277,6 +279,19 @@ def main(argv: list[str] | None = None) -> None:
         default="auto",
         help="auto: the GPU when there is one",
     )
+    clean = commands.add_parser(
+        "clean",
+        help="a page to relabel or drop photos (fastai's ImageClassifierCleaner)",
+        description="Serve, on 127.0.0.1, a page showing the photos of a class or the top "
+        "losses of MODEL's validation predictions (reports/MODEL/predictions.csv), each with "
+        "its label, prediction and probabilities, and a control to keep, relabel or drop it. "
+        "Each choice is written at once to the labels.corrections file; the next snakemake or "
+        "dvc repro retrains on it.",
+    )
+    clean.add_argument("model", choices=MODELS, help="whose predictions to show")
+    clean.add_argument(
+        "--port", type=port_number, default=8001, help="port (default: 8001; 0: any free one)"
+    )
     fake = commands.add_parser("fake-data", help="write a Pets-like data set (and .tgz)")
     fake.add_argument("root", type=Path)
     fake.add_argument("--per-class", type=int, default=200)
@@ -301,6 +316,10 @@ def main(argv: list[str] | None = None) -> None:
             if failed:
                 print(f"pets predict: {failed} photos could not be read", file=sys.stderr)
                 sys.exit(1)
+        elif args.command == "clean":
+            from pets.clean import clean
+
+            clean(project, args.model, port=args.port)
         elif args.command == "serve":
             from pets.serve import MB, Settings, serve
 

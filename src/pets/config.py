@@ -16,7 +16,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pets.errors import PetsError
 
 PETS_URL = "https://s3.amazonaws.com/fast-ai-imageclas/oxford-iiit-pet.tgz"
-PETS_MD5 = "e4db5c768afd933bb91f5f594d7417a4"
 NAME_RE = r"/([^/]+)_\d+.jpg$"
 # torchvision classification CNNs with a known split into the lesson's three layer groups; any
 # timm CNN is also accepted as `timm:<name>`.
@@ -86,7 +85,11 @@ class DataParams(Section):
     """The `download` stage (the lesson's `untar_data`)."""
 
     url: str = Field(PETS_URL, min_length=1, description="http(s)/file:// URL or local path")
-    md5: str | None = Field(PETS_MD5, description="expected md5 of the archive; null: no check")
+    md5: str | None = Field(
+        "auto",
+        description="the archive's md5; auto: the known md5 of a lesson URL, else no check; "
+        "null: no check",
+    )
     # Limits no real data set meets (Pets: 0.8 GB, 15k members; ImageNet: 150 GB, 1.3M), so a
     # crafted archive cannot fill the disk or exhaust inodes.
     max_extract_bytes: int = Field(
@@ -102,12 +105,23 @@ class DataParams(Section):
         description="most extracted bytes per archive byte, past 64 MiB (photos compress ~1x)",
     )
 
+    # URL lists (a CSV of url,label or a folder of <label>.txt): how each photo is fetched.
+    workers: int = Field(8, ge=1, le=64, description="URL lists: photos fetched at once")
+    timeout: float = Field(10.0, gt=0, le=600, description="URL lists: seconds per request")
+    retries: int = Field(2, ge=0, le=10, description="URL lists: retries of a timeout or 5xx")
+    backoff: float = Field(1.0, ge=0, le=60, description="URL lists: first retry's wait, doubling")
+    max_photo_bytes: int = Field(
+        20 << 20, ge=1, le=1 << 34, description="URL lists: largest photo fetched (20 MiB)"
+    )
+
     @field_validator("md5")
     @classmethod
     def _md5_hex(cls, value: str | None) -> str | None:
-        if value is not None and not re.fullmatch(r"[0-9a-fA-F]{32}", value):
-            raise ValueError("must be 32 hex digits or null")
-        return value.lower() if value else value
+        if value is None or value == "auto":
+            return value
+        if not re.fullmatch(r"[0-9a-fA-F]{32}", value):
+            raise ValueError("must be auto, 32 hex digits or null")
+        return value.lower()
 
 
 class LabelsParams(Section):
@@ -118,7 +132,10 @@ class LabelsParams(Section):
     )
     folder: str = Field("images", description="subfolder of the data set to search; '' = root")
     pattern: str = Field(NAME_RE, description="name_re: regex on '/'+path, group 1 is the label")
-    train_folder: str = Field("train", min_length=1, description="folder: training subfolder")
+    train_folder: str = Field(
+        "train",
+        description="folder: training subfolder; '': <label>/*.jpg, split by valid_pct",
+    )
     valid_folder: str = Field("valid", min_length=1, description="folder: validation subfolder")
     csv_file: str = Field(
         "labels.csv",
@@ -130,11 +147,27 @@ class LabelsParams(Section):
         "labels.txt", min_length=1, description="lists: a label per line; ./x.txt: in the project"
     )
     valid_pct: float = Field(0.2, gt=0, lt=1, description="share of photos held out for valid")
+    corrections: str = Field(
+        "",
+        description="a CSV of the project, path,label: relabel a photo, or path, to drop it "
+        "(`pets clean` writes it); '': none",
+    )
+    stratify: bool = Field(
+        False, description="hold out valid_pct of each class (at least one photo each)"
+    )
 
     @field_validator("folder", "csv_file", "labels_file")
     @classmethod
     def _inside(cls, value: str) -> str:
         return _relative(value)
+
+    @field_validator("corrections")
+    @classmethod
+    def _in_project(cls, value: str) -> str:
+        path = PurePosixPath(value)
+        if value and (path.is_absolute() or ".." in path.parts):
+            raise ValueError("must be a relative path inside the project (e.g. corrections.csv)")
+        return value
 
     @field_validator("pattern")
     @classmethod

@@ -39,6 +39,23 @@ def not_regular(path: str | os.PathLike[str]) -> str | None:
     return next((kind for test, kind in KINDS if test(mode)), "not a regular file")
 
 
+# Characters Windows, macOS or a shell refuse or misread in a file name.
+UNSAFE_CHARACTERS = set('/\\:*?"<>|')
+
+
+def unsafe_name(name: str) -> str:
+    """Why `name` (a label: it becomes a folder name) is not safe as a file name on every
+    system, or '' when it is."""
+    if not name.strip():
+        return "it is empty"
+    bad = sorted({c for c in name if c in UNSAFE_CHARACTERS or ord(c) < 32 or ord(c) == 127})
+    if bad:
+        return f"it holds {', '.join(repr(c) for c in bad)}, not safe in a file name"
+    if name in (".", "..") or name != name.strip() or name.endswith("."):
+        return "it starts or ends with a space, or ends with a dot (not safe in a file name)"
+    return ""
+
+
 def remove(path: Path) -> None:
     """Delete a file, a link or a folder tree; nothing if it does not exist."""
     if path.is_symlink() or path.is_file():

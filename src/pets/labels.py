@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pandas as pd
 
@@ -36,11 +36,17 @@ def label_name_re(paths: Iterable[str], pattern: str) -> dict[str, str | None]:
 
 def label_folder(paths: Iterable[str], train: str, valid: str) -> dict[str, tuple[str, bool]]:
     """ImageNet layout: label = parent folder, split by the top folder (`train`/`valid`); photos
-    outside those two folders, or directly inside them, are not returned."""
+    outside those two folders, or directly inside them, are not returned. With `train` empty,
+    the layout people make by hand (`<label>/*.jpg`, fastai's `from_folder(valid_pct=...)`):
+    label = parent folder, every photo in a folder returned with `False` (the split is drawn
+    later); photos at the top, in no label folder, are not returned."""
     labels = {}
     for path in paths:
         parts = path.split("/")
-        if len(parts) >= 3 and parts[0] in (train, valid):
+        if not train:
+            if len(parts) >= 2:
+                labels[path] = (parts[-2], False)
+        elif len(parts) >= 3 and parts[0] in (train, valid):
             labels[path] = (parts[-2], parts[0] == valid)
     return labels
 
@@ -154,6 +160,122 @@ def random_split(count: int, valid_pct: float, seed: int) -> list[bool]:
     return is_valid
 
 
+def stratified_split(labels: list[str], valid_pct: float, seed: int) -> list[bool]:
+    """`valid_pct` of each class held out (rounded, at least one photo, never all of them), so
+    a small or uneven data set keeps every class in both sets; classes are drawn in sorted
+    order from one seeded generator of their own. A class of fewer than 2 photos is refused."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    by_class: dict[str, list[int]] = {}
+    for index, label in enumerate(labels):
+        by_class.setdefault(label, []).append(index)
+    is_valid = [False] * len(labels)
+    for label in sorted(by_class):
+        members = by_class[label]
+        if len(members) < 2:
+            raise PetsError(
+                f"labels.stratify: class {label!r} has {len(members)} photo; a stratified "
+                "split needs at least 2 per class (one to train, one to validate)"
+            )
+        held = min(len(members) - 1, max(1, round(valid_pct * len(members))))
+        for position in torch.randperm(len(members), generator=generator)[:held].tolist():
+            is_valid[members[position]] = True
+    return is_valid
+
+
+# A class more than this many times the size of the smallest gets a note in the report: the
+# model then learns mostly the big classes, and the error rate hides the small ones.
+IMBALANCE = 5.0
+
+
+def balance(per_class: dict[str, dict[str, int]]) -> dict:
+    """The largest and smallest class by photo count, their ratio, and a note when the ratio
+    is above `IMBALANCE`."""
+    totals = {label: n["train"] + n["valid"] for label, n in per_class.items()}
+    largest = max(totals, key=lambda label: (totals[label], label))
+    smallest = min(totals, key=lambda label: (totals[label], label))
+    ratio = totals[largest] / max(1, totals[smallest])
+    note = ""
+    if ratio > IMBALANCE:
+        note = (
+            f"the largest class ({largest!r}, {totals[largest]} photos) has {ratio:.1f}x the "
+            f"photos of the smallest ({smallest!r}, {totals[smallest]}): add photos to the small "
+            "classes, and read the per-class error rates, not only the overall one"
+        )
+    return {
+        "largest": [largest, totals[largest]],
+        "smallest": [smallest, totals[smallest]],
+        "ratio": round(ratio, 3),
+        "note": note,
+    }
+
+
+def read_corrections(path: Path) -> dict[str, tuple[str | None, int]]:
+    """`labels.corrections`: photo path (relative to the data set folder) -> (new label, or
+    None to drop it; its row number). A missing file is no corrections (`pets clean` creates
+    it); rows are `path,label` or `path,`; a repeated path is an error naming both rows."""
+    key = "labels.corrections"
+    why = not_regular(path)
+    if why == "not found":
+        return {}
+    if why:
+        raise PetsError(f"{key}: {path} is {why}, not a regular file")
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        return {}
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise PetsError(f"{key}: {path} is not a readable CSV ({exc})") from None
+    if list(table.columns) != ["path", "label"]:
+        raise PetsError(
+            f"{key}: {path} needs the columns path,label (has {', '.join(table.columns)})"
+        )
+    corrections: dict[str, tuple[str | None, int]] = {}
+    for index, (photo, label) in enumerate(zip(table["path"], table["label"], strict=True)):
+        row = index + 2
+        photo, label = photo.strip(), label.strip()
+        if not photo:
+            raise PetsError(f"{key}: {path} row {row} has no path")
+        if photo in corrections:
+            raise PetsError(
+                f"{key}: {path} row {row} names {photo!r} again (row {corrections[photo][1]})"
+            )
+        corrections[photo] = (label or None, row)
+    return corrections
+
+
+def apply_corrections(
+    split: pd.DataFrame, corrections: dict[str, tuple[str | None, int]], dataset: Path, path: Path
+) -> tuple[pd.DataFrame, int, int]:
+    """The split with `corrections` applied after it was drawn (so fixing one label moves no
+    other photo between train and valid); returns it and the counts relabelled and dropped.
+    A photo that does not exist, or a label not among the classes, is an error naming the row;
+    a photo left out already (it does not decode) is passed over."""
+    key = "labels.corrections"
+    classes = set(split["label"])
+    labelled = dict(zip(split["path"], split.index, strict=True))
+    split = split.copy()
+    drop, relabelled = [], 0
+    for photo, (label, row) in corrections.items():
+        if photo not in labelled:
+            if (dataset / photo).is_file() and not PurePosixPath(photo).is_absolute():
+                continue
+            raise PetsError(f"{key}: {path} row {row}: no photo {photo!r} in {dataset}")
+        if label is None:
+            drop.append(labelled[photo])
+        elif label not in classes:
+            raise PetsError(
+                f"{key}: {path} row {row}: label {label!r} is not one of the "
+                f"{len(classes)} classes ({', '.join(sorted(classes)[:8])}"
+                f"{', ...' if len(classes) > 8 else ''})"
+            )
+        elif split.at[labelled[photo], "label"] != label:
+            split.at[labelled[photo], "label"] = label
+            relabelled += 1
+    return split.drop(index=drop).reset_index(drop=True), relabelled, len(drop)
+
+
 @dataclass
 class Labelled:
     """The labels stage's result: the split table and what was left out, and why."""
@@ -161,6 +283,7 @@ class Labelled:
     split: pd.DataFrame
     found: int
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    corrections: dict = field(default_factory=dict)  # file, relabelled, dropped
 
     @property
     def classes(self) -> list[str]:
@@ -187,9 +310,11 @@ class Labelled:
             "classes": self.classes,
             "per_class": per_class,
             "classes_without_valid": [c for c, n in per_class.items() if n["valid"] == 0],
+            "balance": balance(per_class),
             "skipped_count": len(self.skipped),
             "skipped_by_reason": dict(sorted(reasons.items())),
             "skipped": [{"path": path, "reason": reason} for path, reason in self.skipped],
+            "corrections": self.corrections,
         }
 
 
@@ -214,6 +339,10 @@ def _labels_by_method(
         return labels, None
     if params.method == "folder":
         pairs = label_folder(paths, params.train_folder, params.valid_folder)
+        if not params.train_folder:  # <label>/*.jpg: split by valid_pct
+            if not pairs:
+                raise PetsError(f"labels.train_folder: no photos in {root}/<label>/")
+            return {p: (pairs[p][0] if p in pairs else None) for p in paths}, None
         for key, name in (
             ("train_folder", params.train_folder),
             ("valid_folder", params.valid_folder),
@@ -281,7 +410,11 @@ def label_dataset(params: LabelsParams, dataset: Path, seed: int, threads: int =
     labels, fixed_split = _labels_by_method(params, dataset, root, found)
     unlabelled = {
         "name_re": "pattern does not match",
-        "folder": "not in a train/valid label folder",
+        "folder": (
+            "not in a label folder"
+            if not params.train_folder
+            else "not in a train/valid label folder"
+        ),
         "csv": "not in the CSV",
     }.get(params.method, "no label")
     skipped = [(p, unlabelled) for p, label in labels.items() if label is None]
@@ -298,7 +431,9 @@ def label_dataset(params: LabelsParams, dataset: Path, seed: int, threads: int =
             f"{example[1]}"
         )
     prefix = root.relative_to(dataset).as_posix() + "/" if params.folder else ""
-    if fixed_split is None:
+    if fixed_split is None and params.stratify:
+        is_valid = stratified_split([str(labels[p]) for p in usable], params.valid_pct, seed)
+    elif fixed_split is None:
         is_valid = random_split(len(usable), params.valid_pct, seed)
     else:
         is_valid = [bool(fixed_split[p]) for p in usable]
@@ -309,9 +444,16 @@ def label_dataset(params: LabelsParams, dataset: Path, seed: int, threads: int =
             "is_valid": is_valid,
         }
     )
+    corrected: dict = {}
+    if params.corrections:
+        path = Path(params.corrections)
+        split, relabelled, dropped = apply_corrections(split, read_corrections(path), dataset, path)
+        corrected = {"file": str(path), "relabelled": relabelled, "dropped": dropped}
     validate_split(split, params)
     skipped_rows = sorted((prefix + p, reason) for p, reason in skipped)
-    return Labelled(split=split, found=len(found) + len(unnamed), skipped=skipped_rows)
+    return Labelled(
+        split=split, found=len(found) + len(unnamed), skipped=skipped_rows, corrections=corrected
+    )
 
 
 def _utf8(name: str) -> bool:

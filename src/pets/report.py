@@ -230,6 +230,22 @@ def read_model_report(name: str, reports: Path, metrics: Path) -> ModelReport:
     )
 
 
+def data_notes(quality: dict) -> list[str]:
+    """Paragraphs on what the data set needs a reader to know: the label corrections made,
+    an uneven class balance."""
+    notes = []
+    fixed = quality.get("corrections")
+    if fixed:
+        notes.append(
+            f"<p><b>Corrections:</b> {fixed['relabelled']} labels corrected and "
+            f"{fixed['dropped']} photos dropped by {html.escape(fixed['file'])}.</p>"
+        )
+    note = quality.get("balance", {}).get("note")
+    if note:
+        notes.append(f"<p><b>Uneven classes:</b> {html.escape(note)}.</p>")
+    return notes
+
+
 def data_section(quality: dict, show_batch: Path) -> str:
     """What the labels stage found, and the augmented batch preview."""
     counts = pd.DataFrame([{"class": name, **n} for name, n in quality["per_class"].items()])
@@ -238,6 +254,7 @@ def data_section(quality: dict, show_batch: Path) -> str:
         f"<p>{quality['images_used']} photos in {quality['c']} classes ({quality['train']} train, "
         f"{quality['valid']} validation) of {quality['images_found']} image files found; "
         f"{quality['skipped_count']} left out.</p>",
+        *data_notes(quality),
         "<h3>show_batch</h3>",
         image(png_uri(show_batch), "show_batch"),
         f"<details><summary>photos per class</summary>{table(counts)}</details>",
@@ -246,6 +263,12 @@ def data_section(quality: dict, show_batch: Path) -> str:
         body.append(
             f"<details><summary>left out ({quality['skipped_count']})</summary>"
             f"{table(skipped)}</details>"
+        )
+    failures = quality.get("download_failures") or []
+    if failures:
+        body.append(
+            f"<details><summary>URLs that gave no photo ({len(failures)})</summary>"
+            f"{table(pd.DataFrame(failures[:200]))}</details>"
         )
     return section("data", "Data", body)
 

@@ -99,8 +99,9 @@ def make_pets(
 ) -> list[tuple[str, str]]:
     """Write `per_class` JPEGs for each of the first `classes` breeds under `root` and return
     (relative path, breed) pairs. Layouts: `pets` (images/<Breed>_<n>.jpg, the lesson's
-    regex labels them), `folder` (train/ and valid/<breed>/, every 5th photo in valid), `csv`
-    (images/ plus labels.csv with name,label)."""
+    regex labels them), `folder` (train/ and valid/<breed>/, every 5th photo in valid),
+    `labelled` (<breed>/<n>.jpg, the layout people make by hand), `csv` (images/ plus labels.csv
+    with name,label)."""
     if not 2 <= classes <= len(BREEDS):
         raise ValueError(f"classes must be 2..{len(BREEDS)}")
     jobs = []
@@ -109,6 +110,8 @@ def make_pets(
             if layout == "folder":
                 split = "valid" if number % 5 == 0 else "train"
                 relative = f"{split}/{breed}/{breed.lower()}_{number:04d}.jpg"
+            elif layout == "labelled":
+                relative = f"{breed}/{number}.jpg"
             else:
                 relative = f"images/{breed}_{number}.jpg"
             jobs.append((relative, breed, class_index))
@@ -145,7 +148,7 @@ def cli(argv: list[str] | None = None) -> None:
     parser.add_argument("--per-class", type=int, default=200, help="photos per breed")
     parser.add_argument("--classes", type=int, default=37)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--layout", choices=("pets", "folder", "csv"), default="pets")
+    parser.add_argument("--layout", choices=("pets", "folder", "labelled", "csv"), default="pets")
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--tgz", type=Path, help="also pack the folder into this archive")
     args = parser.parse_args(argv)

@@ -6,9 +6,11 @@ labels them, splits them with a seeded generator (`labels.valid_pct`, `seed`) un
 fixes the split, and prints `classes` and `c` as the lesson does.
 
 params: labels.*, seed
-inputs: the data set folder (--dataset)
+inputs: the data set folder (--dataset), the download's manifest (--manifest: the URLs of a
+URL list that gave no photo, and why)
 outputs: --split (path,label,is_valid; paths relative to the data set folder), --classes (sorted
-class names, JSON), --quality (per-class counts, skipped files and why, JSON)
+class names, JSON), --quality (per-class counts, skipped files and why, download failures,
+JSON)
 """
 
 from __future__ import annotations
@@ -31,20 +33,24 @@ def main(
     params: Params,
     *,
     dataset: Path,
+    manifest: Path | None = None,
     split: Path,
     classes: Path,
     quality: Path,
     threads: int = 1,
     tracker: Tracker | None = None,
 ) -> None:
-    """Label and split the data set; write the split, the classes and the quality summary."""
-    from pets.files import write_csv, write_json
+    """Label and split the data set; write the split, the classes and the quality summary
+    (with the URLs a URL list's download got no photo from, read from `manifest`)."""
+    from pets.files import read_json, write_csv, write_json
     from pets.labels import label_dataset
     from pets.tracking import Tracker
 
     tracker = tracker or Tracker()
     labelled = label_dataset(params.labels, dataset, params.seed, threads)
     summary = labelled.quality()
+    if manifest is not None and manifest.is_file():
+        summary["download_failures"] = read_json(manifest).get("failures", [])
     write_json(quality, summary)
     write_json(classes, labelled.classes)
     write_csv(split, labelled.split)
@@ -54,8 +60,18 @@ def main(
         f"photos: {summary['images_used']} used ({summary['train']} train, {summary['valid']} "
         f"valid) of {summary['images_found']} found; {summary['skipped_count']} skipped"
     )
+    if summary["corrections"]:
+        fixed = summary["corrections"]
+        print(
+            f"corrections ({fixed['file']}): {fixed['relabelled']} labels corrected, "
+            f"{fixed['dropped']} photos dropped"
+        )
     for reason, count in summary["skipped_by_reason"].items():
         print(f"  skipped {count}: {reason}")
+    for label, counts in summary["per_class"].items():
+        print(f"  {label}: {counts['train']} train, {counts['valid']} valid")
+    if summary["balance"]["note"]:
+        print(f"note: {summary['balance']['note']}")
     if summary["classes_without_valid"]:
         print(
             f"warning: no validation photo for {len(summary['classes_without_valid'])} classes, "
@@ -67,6 +83,8 @@ def main(
             "train_images": summary["train"],
             "valid_images": summary["valid"],
             "skipped_images": summary["skipped_count"],
+            "corrected_labels": summary["corrections"].get("relabelled", 0),
+            "dropped_photos": summary["corrections"].get("dropped", 0),
         }
     )
 
@@ -88,18 +106,20 @@ def label_func_file(spec: str) -> Path:
 
 def label_sources(params: Params) -> list[Path]:
     """The user's files that decide the labels: the module behind `labels.func` (found without
-    running it), or a labels file kept in the project (`./labels.csv`)."""
+    running it), or a labels file kept in the project (`./labels.csv`), and the corrections
+    file (`labels.corrections`)."""
     cfg = params.labels
-    if cfg.method == "name_func":
-        return [label_func_file(cfg.func)]
     named = {"csv": cfg.csv_file, "lists": cfg.labels_file}.get(cfg.method, "")
-    return [Path(named)] if named.startswith("./") else []
+    found = [Path(named)] if named.startswith("./") else []
+    if cfg.method == "name_func":
+        found = [label_func_file(cfg.func)]
+    return found + ([Path(cfg.corrections)] if cfg.corrections else [])
 
 
 SPEC = StageSpec(
     name="labels",
     params=("labels", "seed"),
-    inputs={"dataset": paths.DATASET},
+    inputs={"dataset": paths.DATASET, "manifest": paths.MANIFEST},
     outputs={"split": paths.SPLIT, "classes": paths.CLASSES, "quality": paths.QUALITY},
     sources=label_sources,
 )
