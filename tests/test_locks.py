@@ -168,9 +168,7 @@ def test_snakemake_refuses_to_start_beside_dvc_repro(snakemade: Path, tmp_path: 
 
 
 @pytest.mark.dag
-# DVC's NFS mode (`core.hardlink_lock`) is not in this list yet: snakemake takes and drops DVC's
-# lock there through DVC's own class, but a later `dvc status` still finds the project locked.
-@pytest.mark.parametrize("nfs", [False], ids=["flock"])
+@pytest.mark.parametrize("nfs", [False, True], ids=["flock", "hardlink_lock"])
 def test_dvc_and_stages_refuse_to_run_beside_snakemake(
     snakemade: Path, tmp_path: Path, nfs: bool
 ) -> None:

@@ -167,9 +167,10 @@ class ProjectHold:
         if not _lock(handle, fcntl.LOCK_EX):
             handle.close()
             raise _refusal(self.project)
+        # The holder line is written once both locks are held: a line from an earlier run
+        # goes at once, and whoever reads this run's line may rely on DVC's lock being taken.
         handle.seek(0)
         handle.truncate()
-        handle.write(f"snakemake (pid {os.getpid()}, key {self.key})\n")
         handle.flush()
         self.handles.append(handle)
         if (self.project / ".dvc").is_dir():
@@ -178,6 +179,8 @@ class ProjectHold:
             except PetsError:
                 self.release()
                 raise
+        handle.write(f"snakemake (pid {os.getpid()}, key {self.key})\n")
+        handle.flush()
 
     def _take_dvc(self) -> None:
         tmp = self.project / ".dvc" / "tmp"
