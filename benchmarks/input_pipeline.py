@@ -254,7 +254,7 @@ def main() -> None:
             "photos": photos,
             "cache_size": cache_size,
             "device": str(compute.device),
-            "bf16": compute.bf16,
+            "precision": compute.precision,
             "cache_upload_s": upload,
             "target_ratio": 0.9,
         },

@@ -43,6 +43,11 @@ def test_committed_params_are_the_lessons_defaults() -> None:
         ({"data": {"md5": "xyz"}}, "data.md5: must be auto, 32 hex digits or null"),
         ({"device": "tpu"}, "device: input should be 'auto', 'cuda' or 'cpu'"),
         ({"cache": {"size": 8}}, "cache.size: input should be greater than or equal to 32"),
+        ({"finetune": {"keep": "first"}}, "finetune.keep: input should be 'last' or 'best'"),
+        (
+            {"train_resnet50": {"monitor": "accuracy"}},
+            "train_resnet50.monitor: input should be 'valid_loss' or 'error_rate'",
+        ),
     ],
 )
 def test_bad_params_name_the_key(raw: dict, expected: str) -> None:

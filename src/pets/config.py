@@ -233,6 +233,12 @@ def _check_lr(value: Any) -> Any:
     return value
 
 
+KEEP_HELP = "last: the last epoch's model (the lesson); best: the epoch with the lowest monitor"
+MONITOR_HELP = "what keep: best compares between epochs (lower is better; a tie keeps the earlier)"
+Keep = Literal["last", "best"]
+Monitor = Literal["valid_loss", "error_rate"]
+
+
 def check_arch(value: str) -> str:
     """`value` if it names a supported architecture; ValueError otherwise."""
     if value in TORCHVISION_ARCHS or (value.startswith("timm:") and len(value) > 5):
@@ -256,6 +262,8 @@ class TrainParams(Section):
     lr: LearningRate = Field([3.0e-3], description=LR_HELP)
     wd: float = Field(0.01, ge=0, le=1, description="decoupled weight decay (not on norms, biases)")
     compile: bool = Field(False, description="torch.compile (CUDA graphs): pays on long runs")
+    keep: Keep = Field("last", description=KEEP_HELP)
+    monitor: Monitor = Field("valid_loss", description=MONITOR_HELP)
 
     _arch = field_validator("arch")(classmethod(lambda cls, v: check_arch(v)))
     _lr = field_validator("lr")(classmethod(lambda cls, v: _check_lr(v)))
@@ -271,6 +279,9 @@ class TrainResnet50Params(TrainParams):
     lr: LearningRate = Field([1.0e-3], description=LR_HELP)
     unfreeze_epochs: int = Field(0, ge=0, le=1000, description="unfrozen epochs after (0: none)")
     unfreeze_lr: LearningRate = Field([1.0e-6, 1.0e-4], description=LR_HELP)
+    keep: Keep = Field(
+        "last", description=f"{KEEP_HELP}, over the frozen and the unfrozen epochs together"
+    )
 
     _unfreeze_lr = field_validator("unfreeze_lr")(classmethod(lambda cls, v: _check_lr(v)))
 
@@ -301,6 +312,8 @@ class FinetuneParams(Section):
     )
     wd: float = Field(0.01, ge=0, le=1, description="decoupled weight decay (not on norms, biases)")
     compile: bool = Field(False, description="torch.compile (CUDA graphs): pays on long runs")
+    keep: Keep = Field("last", description=KEEP_HELP)
+    monitor: Monitor = Field("valid_loss", description=MONITOR_HELP)
 
     @field_validator("lr")
     @classmethod
@@ -358,8 +371,10 @@ class Params(Section):
         2, ge=0, le=MAX_SEED, description="seeds the split, shuffling, augmentation and init"
     )
     device: Literal["auto", "cuda", "cpu"] = Field("auto", description="auto = cuda if present")
-    precision: Literal["auto", "bf16", "fp32"] = Field(
-        "auto", description="auto = bf16 autocast on GPUs that have it, fp32 on the CPU"
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        "auto",
+        description="auto = bf16 autocast on GPUs with native bf16 (compute capability 8.0+), "
+        "fp16 autocast with a gradient scaler on 7.x (T4, V100), else fp32 (and on the CPU)",
     )
     tracking: TrackingParams = TrackingParams()
     launch: LaunchParams = LaunchParams()

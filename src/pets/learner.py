@@ -26,6 +26,7 @@ from pets.model import create_body, create_cnn, freeze, unfreeze
 from pets.modelspec import ModelRecord, ModelSpec
 from pets.tracking import Tracker
 from pets.train import (
+    Best,
     EpochRow,
     fit_guarded,
     fit_one_cycle,
@@ -47,12 +48,13 @@ class Learner:
     spec: ModelSpec  # what the model is: arch, classes, sizes, normalisation, head
     train: Loader | None  # None when loaded for inference only
     valid: Loader
-    compute: Compute  # the device, and bf16 autocast or not
+    compute: Compute  # the device, and the forward pass's precision
     # What identifies this training's params and inputs, computed only when a fit resumes.
     fingerprint: Callable[[], str] = str
     frozen: bool = False  # the body trains only its norms
     fits: list[list[float]] = field(default_factory=list)  # lr per layer group of each fit here
     seed: int = 0  # params.seed: each fit's batches and dropout masks draw from it (`fit_stream`)
+    best: Best | None = None  # `keep: best`: the best epoch of every fit so far, with weights
 
     @property
     def split(self) -> str:
@@ -90,11 +92,15 @@ class Learner:
         step_offset: int = 0,
         compile_model: bool = False,
         resume: Path | None = None,
+        keep: str = "last",
+        monitor: str = "valid_loss",
     ) -> list[EpochRow]:
         """Train with the one-cycle policy, logging each epoch's row to the tracker
         (`compile_model`: through torch.compile). With `resume`, the training state is saved
         there after every epoch, and a fit killed earlier continues from it when it was for
-        the same params and inputs (`self.fingerprint`)."""
+        the same params and inputs (`self.fingerprint`). With `keep: best` the model ends with
+        the weights of the epoch with the lowest `monitor` over this learner's fits so far
+        (`self.best`; epochs numbered from `step_offset`)."""
 
         def log(row: EpochRow) -> None:
             tracker.log_metrics(
@@ -108,13 +114,16 @@ class Learner:
             )
 
         # Per-epoch states are one process's; a data-parallel run starts over after a kill.
-        keep = resume is not None and distributed.size() == 1
-        fingerprint = self.fingerprint() if keep else ""
+        resumable = resume is not None and distributed.size() == 1
+        fingerprint = self.fingerprint() if resumable else ""
         stream = self.fit_stream(key)
         self.train.reseed(stream)
         torch.manual_seed(stream_seed(self.seed, stream, "dropout", distributed.rank()))
         lrs = spread_lr(lr)
         self.fits.append(list(lrs))
+        if keep == "best" and self.best is None:
+            self.best = Best(monitor)
+        tracker.set_tags(self.compute.tags())
         print(
             f"{key}: fit_one_cycle({epochs}) lr per layer group {[f'{x:.2e}' for x in lrs]}",
             flush=True,
@@ -131,8 +140,10 @@ class Learner:
                 self.compute,
                 on_epoch=log,
                 compile_model=compile_model,
-                resume=partial(load_resume, resume, fingerprint) if keep else None,
-                checkpoint=partial(save_resume, resume, fingerprint) if keep else None,
+                resume=partial(load_resume, resume, fingerprint) if resumable else None,
+                checkpoint=partial(save_resume, resume, fingerprint) if resumable else None,
+                best=self.best if keep == "best" else None,
+                first_epoch=step_offset,
             ),
             key,
             self.train.bs,
@@ -205,6 +216,15 @@ def _clear_resume(model: Path) -> None:
         folder.rmdir()
 
 
+def start_compute(params: Params, key: str) -> Compute:
+    """The stage's device and precision (`device`, `precision`), in the process group when
+    distributed; the precision chosen, and why, is printed once."""
+    compute = distributed.start(pick_compute(params.device, params.precision))
+    if distributed.is_main():
+        print(f"{key}: {compute.describe()}", flush=True)
+    return compute
+
+
 def _prepare(model: nn.Module, device: torch.device) -> nn.Module:
     # channels_last: oneDNN's and cuDNN's fastest layout (1.4x for resnet34 on this CPU).
     model = model.to(device, memory_format=torch.channels_last)
@@ -227,7 +247,7 @@ def create_learner(
 ) -> Learner:
     """A new model from pretrained weights (the lesson's `create_cnn`), body frozen unless
     `weights` is none."""
-    compute = distributed.start(pick_compute(params.device, params.precision))
+    compute = start_compute(params, key)
     device = compute.device
     # Untrained bodies and the head's initial weights: a stream of their own, the same in every
     # process (dropout gets another, per process, when a fit starts).
@@ -312,7 +332,7 @@ def load_learner(
     record, state = read_checkpoint(checkpoint, key)
     # What the model is; the learning rates of earlier fits are not carried into this one.
     spec = record.spec
-    compute = distributed.start(pick_compute(params.device, params.precision))
+    compute = start_compute(params, key)
     device = compute.device
     train_loader, valid, class_names = _loaders(
         params,
@@ -369,22 +389,35 @@ def write_outputs(
     tracker: Tracker,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Save the checkpoint, `metrics.json` (the last epoch's numbers; no timings, so equal runs
-    give equal files), the epoch table as CSV and what the model is (`model.json`: the
-    checkpoint's `ModelRecord`: spec, frozen, learning rates per fit, batch size, epochs), then
-    forget the per-epoch resume states; returns the metrics."""
+    """Save the checkpoint, `metrics.json` (the kept epoch's numbers: the last, or with `keep:
+    best` the best, as `learner.best` says; no timings, so equal runs give equal files), the
+    epoch table as CSV (with `keep: best`, a `kept` column marks the kept epoch) and what the
+    model is (`model.json`: the checkpoint's `ModelRecord`: spec, frozen, learning rates per
+    fit, batch size, epochs), then forget the per-epoch resume states; returns the metrics."""
     if not distributed.is_main():  # one set of outputs, from process 0
         return {}
-    last = history[-1]
+    best = learner.best
+    kept = next(row for row in history if row.epoch == (best.epoch if best else history[-1].epoch))
     metrics = {
-        "error_rate": last.error_rate,
-        "accuracy": 1 - last.error_rate,
-        "valid_loss": last.valid_loss,
-        "train_loss": last.train_loss,
+        "error_rate": kept.error_rate,
+        "accuracy": 1 - kept.error_rate,
+        "valid_loss": kept.valid_loss,
+        "train_loss": kept.train_loss,
         "epochs": len(history),
+        # Only with keep: best, so that the lesson's default writes the files it always wrote.
+        **({"kept_epoch": kept.epoch} if best is not None else {}),
         **(extra or {}),
     }
+    if best is not None:
+        print(
+            f"keep: best: epoch {kept.epoch} kept (of 0-{len(history) - 1}), the lowest "
+            f"{best.monitor} ({getattr(kept, best.monitor):.6f}): the model and its metrics "
+            "are that epoch's",
+            flush=True,
+        )
     table = pd.DataFrame([row.__dict__ for row in history])
+    if best is not None:
+        table["kept"] = table["epoch"] == kept.epoch
     write_csv(history_path, table)
     record = learner.record(len(history))
     save_checkpoint(model_path, learner.model, record.to_dict())
@@ -395,8 +428,9 @@ def write_outputs(
     images = len(learner.train) * learner.train.bs * len(history) * distributed.size()
     tracker.log_metrics(
         {
-            "final_error_rate": last.error_rate,
-            "final_valid_loss": last.valid_loss,
+            "final_error_rate": kept.error_rate,
+            "final_valid_loss": kept.valid_loss,
+            "kept_epoch": kept.epoch,
             "train_seconds": seconds,
             "train_images_per_s": images / max(seconds, 1e-9),
         }

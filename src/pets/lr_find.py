@@ -48,6 +48,7 @@ def sweep(
     it afterwards if it is used again (fastai restores it for you)."""
     cuda = compute.device.type == "cuda"
     optimizer = adamw(param_groups(model, split, [start_lr] * 3, wd), fused=cuda)
+    scaler = compute.grad_scaler()  # fp16: as in training (a pass-through otherwise)
     smoothed, best = SmoothedLoss(), math.inf
     rows = []
     model.train()
@@ -59,8 +60,9 @@ def sweep(
                 group["lr"] = lr
             with compute.autocast():
                 loss = F.cross_entropy(runner(images), targets)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)  # skipped when fp16 gradients overflow; the lr still grows
+            scaler.update()
             optimizer.zero_grad(set_to_none=True)
             value = (distributed.reduce_sum(loss.detach().float()) / distributed.size()).item()
             smooth = smoothed.update(value)

@@ -83,19 +83,23 @@ def lr_find_plot(curve: pd.DataFrame, suggestions: dict[str, dict[str, float]]) 
 
 
 def history_plot(history: pd.DataFrame, title: str) -> Figure:
-    """Training curves from an epoch table: losses and error rate per epoch."""
+    """Training curves from an epoch table: losses and error rate per epoch, and a dashed line
+    at the kept epoch when the table has a `kept` column (`keep: best`)."""
     figure, (losses, errors) = plt.subplots(1, 2, figsize=(9, 3.5))
     epochs = history["epoch"] + 1
     losses.plot(epochs, history["train_loss"], "o-", label="train_loss")
     losses.plot(epochs, history["valid_loss"], "o-", label="valid_loss")
     losses.set_xlabel("epoch")
-    losses.legend()
     errors.plot(epochs, history["error_rate"], "o-", color="C3")
     errors.set_xlabel("epoch")
     errors.set_ylabel("error_rate")
     for axis in (losses, errors):
         axis.grid(alpha=0.3)
+        if "kept" in history:  # keep: best: the epoch whose model was kept
+            for epoch in epochs[history["kept"].astype(bool)]:
+                axis.axvline(epoch, color="0.4", linestyle="--", linewidth=1, label="kept")
         axis.set_xticks(epochs if len(epochs) <= 12 else epochs[:: math.ceil(len(epochs) / 12)])
+    losses.legend()
     figure.suptitle(title)
     figure.tight_layout()
     return figure

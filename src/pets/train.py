@@ -3,14 +3,18 @@
 The schedule is `torch.optim.lr_scheduler.OneCycleLR` in fastai's shape (warm-up over 25% of the
 steps from lr/25, cosine down to lr/1e5, beta1 0.95 -> 0.85 -> 0.95), stepped every batch, on
 AdamW (betas 0.9/0.99, eps 1e-5, decoupled weight decay, none on norms and biases). Tensors are
-channels_last everywhere; on CUDA the forward pass runs in bf16 autocast (`precision`)."""
+channels_last everywhere; on CUDA the forward pass runs in bf16 autocast, or fp16 autocast with
+a gradient scaler on GPUs without native bf16 (`precision`, pets.compute). With `keep: best` a
+fit keeps the weights of its best epoch (fastai's `SaveModelCallback`)."""
 
 from __future__ import annotations
 
 import contextlib
 import math
+import re
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +33,8 @@ from pets.files import atomic_path
 from pets.model import layer_groups, norm_parameters
 
 CHECKPOINT_FORMAT = "pets.checkpoint/1"
+# What torch's schedulers say when an fp16 step was skipped (gradients overflowed).
+SKIPPED_STEP_WARNING = "Detected call of `lr_scheduler.step()` before `optimizer.step()`"
 SMOOTHING = 0.98  # fastai's smoothed training loss: a debiased exponential moving average
 
 
@@ -125,20 +131,28 @@ def train_one_epoch(
     smoothed: SmoothedLoss,
     compute: Compute,
     description: str = "train",
+    scaler: torch.amp.GradScaler | None = None,
 ) -> float:
     """One pass over the training loader, stepping the schedule every batch; returns the
-    smoothed loss at the end (the lesson's train_loss column)."""
+    smoothed loss at the end (the lesson's train_loss column). `scaler` is the fit's gradient
+    scaler (`compute.grad_scaler()`, made here when not given)."""
     model.train()
+    scaler = compute.grad_scaler() if scaler is None else scaler
     value = math.nan
     losses = []
-    with _progress(len(loader), description) as bar:
+    with _progress(len(loader), description) as bar, warnings.catch_warnings():
+        # An fp16 step skipped for overflowing gradients leaves OneCycleLR thinking the
+        # optimizer never stepped: its warning says nothing here (the schedule goes on).
+        warnings.filterwarnings("ignore", re.escape(SKIPPED_STEP_WARNING))
         for images, targets in loader:
             # A new step for compiled CUDA graphs (their outputs are reused by the next replay).
             torch.compiler.cudagraph_mark_step_begin()
             with compute.autocast():
                 loss = F.cross_entropy(model(images), targets)
-            loss.backward()
-            optimizer.step()
+            # nanoGPT's order; in bf16 and fp32 the scaler passes everything through as is.
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)  # skipped when a gradient is inf or nan (fp16 overflow)
+            scaler.update()
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
             losses.append(loss.detach())
@@ -213,16 +227,66 @@ class EpochRow:
     error_rate: float
     time: float
 
-    def line(self) -> str:
-        """The row as fastai prints it."""
+    def line(self, first_epoch: int = 0) -> str:
+        """The row as fastai prints it, its epoch counted from `first_epoch` (a second fit's
+        rows go on from the first's)."""
         minutes, seconds = divmod(round(self.time), 60)
         return (
-            f"{self.epoch:<9} {self.train_loss:<11.6f} {self.valid_loss:<11.6f} "
+            f"{first_epoch + self.epoch:<9} {self.train_loss:<11.6f} {self.valid_loss:<11.6f} "
             f"{self.error_rate:<11.6f} {minutes:02d}:{seconds:02d}"
         )
 
 
 HEADER = f"{'epoch':<9} {'train_loss':<11} {'valid_loss':<11} {'error_rate':<11} time"
+BETTER = "  * best so far"  # after a row, with `keep: best` (fastai: "Better model found")
+
+
+@dataclass
+class Best:
+    """`keep: best` (fastai's `SaveModelCallback`): the epoch with the lowest `monitor` so far,
+    its value and its weights (on the CPU). A tie keeps the earlier epoch, as fastai's
+    `np.less` does; a nan never beats a number."""
+
+    monitor: str = "valid_loss"
+    epoch: int = -1
+    value: float = math.inf
+    state: dict[str, torch.Tensor] | None = None
+
+    def better(self, row: EpochRow) -> bool:
+        """Whether `row` beats the best so far (the first row always does)."""
+        value = getattr(row, self.monitor)
+        return self.epoch < 0 or (not math.isnan(value) and value < self.value)
+
+    def observe(self, row: EpochRow, epoch: int, model: nn.Module | None = None) -> bool:
+        """Take `row` (numbered `epoch` in the whole training) as the best when it is better,
+        with a copy of `model`'s weights; returns whether it was."""
+        if not self.better(row):
+            return False
+        value = getattr(row, self.monitor)
+        self.epoch, self.value = epoch, math.inf if math.isnan(value) else value
+        if model is not None:
+            self.state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        return True
+
+    def to_dict(self) -> dict[str, Any]:
+        """What a resume state keeps of it (plain values and tensors: `weights_only` loads it)."""
+        return {
+            "monitor": self.monitor,
+            "epoch": self.epoch,
+            "value": self.value,
+            "state": self.state,
+        }
+
+
+def kept_epoch(history: list[EpochRow], keep: str, monitor: str = "valid_loss") -> int:
+    """The epoch whose weights and numbers a training keeps: the last, or (`keep: best`) the
+    first with the lowest `monitor`."""
+    if keep == "last":
+        return history[-1].epoch
+    best = Best(monitor)
+    for row in history:
+        best.observe(row, row.epoch)
+    return best.epoch
 
 
 @dataclass
@@ -232,6 +296,7 @@ class FitState:
     epoch: int = 0
     history: list[EpochRow] = field(default_factory=list)
     smoothed: SmoothedLoss = field(default_factory=SmoothedLoss)
+    best: Best | None = None  # with `keep: best`: the best epoch so far, weights included
 
 
 def fit_one_cycle(
@@ -247,54 +312,80 @@ def fit_one_cycle(
     compile_model: bool = False,
     resume: Callable[[dict], FitState] | None = None,
     checkpoint: Callable[[dict], None] | None = None,
+    best: Best | None = None,
+    first_epoch: int = 0,
 ) -> list[EpochRow]:
     """The lesson's `fit_one_cycle(epochs, lr)`: prints the epoch table as it goes and returns
     it; `compile_model` runs the model through `torch.compile`. `checkpoint` receives the full
     training state after each epoch; `resume` may return a state to continue from (after
-    loading it into the model, optimizer and scheduler)."""
+    loading it into the model, optimizer, scheduler and gradient scaler). With `best` (`keep:
+    best`, possibly carrying an earlier fit's best) the fit updates it after each epoch and ends
+    with the best epoch's weights in `model`. The epochs are numbered from `first_epoch` in the
+    printed table and in `best` (the returned rows count from 0)."""
     lrs = spread_lr(lr)
     optimizer = adamw(param_groups(model, split, lrs, wd), fused=compute.device.type == "cuda")
     scheduler = one_cycle(optimizer, epochs * len(train_loader))
+    scaler = compute.grad_scaler()
     parts = {
         "model": model,
         "optimizer": optimizer,
         "scheduler": scheduler,
+        "scaler": scaler,
         "train_loader": train_loader,
     }
+    carried = Best(**best.to_dict()) if best is not None else None  # before a resume's
     state = resume(parts) if resume else FitState()
+    if best is not None:
+        if state.best is not None:  # the resumed fit's best so far, this fit's epochs included
+            best.__dict__.update(state.best.to_dict())
+        state.best = best
     evaluator = compiled(model, compute) if compile_model else model
     # Validation runs outside DDP: its forward broadcasts buffers (a collective), and processes
     # may hold different numbers of validation batches.
     runner = data_parallel(evaluator, compute)
     print(HEADER, flush=True)
     for row in state.history:
-        print(row.line(), "(resumed)", flush=True)
+        # The marks the rows had when they ran: the best so far as of each.
+        marked = carried is not None and carried.observe(row, first_epoch + row.epoch)
+        print(row.line(first_epoch), "(resumed)" + (BETTER if marked else ""), flush=True)
         if on_epoch:  # this run's tracker gets the whole table
             on_epoch(row)
     for epoch in range(state.epoch, epochs):
         start = time.perf_counter()
         train_loss = train_one_epoch(
-            runner, train_loader, optimizer, scheduler, state.smoothed, compute, f"epoch {epoch}"
+            runner,
+            train_loader,
+            optimizer,
+            scheduler,
+            state.smoothed,
+            compute,
+            f"epoch {epoch}",
+            scaler,
         )
         distributed.broadcast_buffers(model)  # every process validates process 0's model
         valid_loss, error_rate = evaluate(evaluator, valid_loader, compute)
         row = EpochRow(epoch, train_loss, valid_loss, error_rate, time.perf_counter() - start)
         state.history.append(row)
         state.epoch = epoch + 1
+        marked = state.best is not None and state.best.observe(row, first_epoch + epoch, model)
         if checkpoint:  # saved before the row is shown: a shown row is never lost
             checkpoint({**parts, "state": state})
-        print(row.line(), flush=True)
+        print(row.line(first_epoch) + (BETTER if marked else ""), flush=True)
         if on_epoch:
             on_epoch(row)
+    if state.best is not None and state.best.state is not None:
+        # fastai's SaveModelCallback loads the best model once the fit ends: so does this.
+        model.load_state_dict(state.best.state)
     return state.history
 
 
-RESUME_FORMAT = "pets.resume/1"
+RESUME_FORMAT = "pets.resume/2"  # 2: the gradient scaler and the best epoch so far
 
 
 def save_resume(path: Path, fingerprint: str, parts: dict[str, Any]) -> None:
     """Everything a fit needs to continue exactly after the epoch just finished: weights,
-    optimizer, schedule, the loader's generators, the global RNG (dropout), the epoch table."""
+    optimizer, schedule, gradient scaler, the loader's generators, the global RNG (dropout), the
+    epoch table, and with `keep: best` the best epoch so far with its weights."""
     state: FitState = parts["state"]
     payload = {
         "format": RESUME_FORMAT,
@@ -305,6 +396,8 @@ def save_resume(path: Path, fingerprint: str, parts: dict[str, Any]) -> None:
         "model": parts["model"].state_dict(),
         "optimizer": parts["optimizer"].state_dict(),
         "scheduler": parts["scheduler"].state_dict(),
+        "scaler": parts["scaler"].state_dict(),
+        "best": state.best.to_dict() if state.best is not None else None,
         "loader": parts["train_loader"].state(),
         "rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -330,13 +423,17 @@ def load_resume(path: Path, fingerprint: str, parts: dict[str, Any]) -> FitState
     parts["model"].load_state_dict(payload["model"])
     parts["optimizer"].load_state_dict(payload["optimizer"])
     parts["scheduler"].load_state_dict(payload["scheduler"])
+    if payload["scaler"]:  # empty when the scaler is a pass-through (bf16, fp32)
+        parts["scaler"].load_state_dict(payload["scaler"])
     parts["train_loader"].load_state(payload["loader"])
     torch.set_rng_state(payload["rng"])
     if payload["cuda_rng"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(payload["cuda_rng"])
     print(f"resuming after epoch {payload['epoch'] - 1} from {path}", flush=True)
     smoothed = SmoothedLoss(*payload["smoothed"])
-    return FitState(payload["epoch"], [EpochRow(**row) for row in payload["history"]], smoothed)
+    history = [EpochRow(**row) for row in payload["history"]]
+    best = Best(**payload["best"]) if payload["best"] is not None else None
+    return FitState(payload["epoch"], history, smoothed, best)
 
 
 def fit_guarded(fit: Callable[[], list[EpochRow]], key: str, bs: int, size: int) -> list[EpochRow]:

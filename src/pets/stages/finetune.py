@@ -4,9 +4,10 @@ learn.fit_one_cycle(2, max_lr=slice(1e-6, 1e-4))` and `learn.save('stage-2')`.
 Loads stage-1, unfreezes every layer and trains with discriminative learning rates:
 `finetune.lr` is [low, high] (the lesson's slice(low, high), spread geometrically over the three
 layer groups), [x] (slice(x)), a number (every group), or `auto`: [valley/100, valley] from
-lr_find's valley suggestion. The learning rates used are printed and recorded.
+lr_find's valley suggestion. The learning rates used are printed and recorded. `keep: best`
+keeps the epoch with the lowest `monitor` instead of the last (as train_frozen does).
 
-params: finetune.*, augment.*, seed, device
+params: finetune.*, augment.*, seed, device, precision
 inputs: --checkpoint (models/stage-1.pth), --lr-find (metrics/lr_find.json), --split,
 --classes, --cache
 outputs: --model (models/stage-2.pth), --metrics, --history, --model-info
@@ -75,6 +76,8 @@ def main(
             tracker,
             compile_model=cfg.compile,
             resume=resume_path(model),
+            keep=cfg.keep,
+            monitor=cfg.monitor,
         )
     write_outputs(
         learner,

@@ -4,7 +4,7 @@ One inference pass of a trained model over the validation photos (centre crop at
 size, its own normalisation). Every interpretation figure and table is computed from the file it
 writes, so re-rendering them never runs the model again.
 
-params: get_preds.bs, device
+params: get_preds.bs, device, precision
 inputs: --checkpoint (models/<model>.pth), --split, --classes, --cache
 outputs: --predictions (reports/<model>/predictions.csv): path, actual, predicted, loss,
 p_actual, p_predicted, top1..top3 and p_top1..p_top3
@@ -56,6 +56,7 @@ def main(
             cache=cache,
             train=False,
         )
+        tracker.set_tags(learner.compute.tags())
         log_probs = F.log_softmax(predict(learner.model, learner.valid, learner.compute), dim=1)
     valid = learner.valid.subset
     table = predictions_table(

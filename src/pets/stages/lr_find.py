@@ -7,7 +7,7 @@ times its best. Writes the curve, its plot (log x axis) and fastai's four sugges
 minimum/10, steepest slope, slide), each with the loss where it lies on the curve. The model is
 not saved: stage-1 stays as it was. `finetune.lr: auto` takes the valley suggestion.
 
-params: lr_find.*, augment.*, seed, device
+params: lr_find.*, augment.*, seed, device, precision
 inputs: --checkpoint (models/stage-1.pth), --split, --classes, --cache
 outputs: --curve (CSV: lr, loss, smoothed_loss), --figure (PNG), --suggestions (JSON)
 """
@@ -53,6 +53,7 @@ def main(
             params, "lr_find", checkpoint, bs=cfg.bs, split=split, classes=classes, cache=cache
         )
         unfreeze_learner(learner)
+        tracker.set_tags(learner.compute.tags())
         table = sweep(
             learner.model,
             learner.split,

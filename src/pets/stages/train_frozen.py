@@ -5,8 +5,11 @@ Builds the pretrained body (`train_frozen.arch`, `train_frozen.weights`) with th
 freezes the body except its BatchNorm layers (nothing is frozen with `weights: none`), and trains
 with the one-cycle policy at `size` and `bs`, printing the epoch table. `lr` is a number (every
 layer group), [x] (the lesson's slice(x): x on the head, x/10 on the body) or [low, high].
+`keep: best` keeps the epoch with the lowest `monitor` (valid_loss or error_rate; fastai's
+`SaveModelCallback`) instead of the last: the model and metrics are that epoch's, and the epoch
+table's `kept` column marks it.
 
-params: train_frozen.*, augment.*, seed, device
+params: train_frozen.*, augment.*, seed, device, precision
 inputs: --split, --classes, --cache
 outputs: --model (models/stage-1.pth: weights, arch, classes, size, normalisation), --metrics
 (error_rate, valid_loss, ...), --history (the epoch table as CSV),
@@ -66,6 +69,8 @@ def main(
             tracker,
             compile_model=cfg.compile,
             resume=resume_path(model),
+            keep=cfg.keep,
+            monitor=cfg.monitor,
         )
     write_outputs(
         learner,

@@ -3,9 +3,12 @@ size 320, bs 32, then `learn.fit_one_cycle(8, max_lr=slice(1e-3))`.
 
 A fresh pretrained model (`train_resnet50.arch`, `weights`), frozen as in the lesson and trained
 for `epochs` with `lr` ([x] is the lesson's slice(x)); with `unfreeze_epochs` > 0 it is then
-unfrozen and trained that many more epochs with `unfreeze_lr`.
+unfrozen and trained that many more epochs with `unfreeze_lr`. With `keep: best` the kept epoch
+is the best over both phases: the unfrozen phase starts from the best frozen epoch (as fastai's
+`SaveModelCallback` leaves the model after a fit), and the model kept is the best of all the
+epochs, frozen ones included.
 
-params: train_resnet50.*, augment.*, seed, device
+params: train_resnet50.*, augment.*, seed, device, precision
 inputs: --split, --classes, --cache
 outputs: --model (models/resnet50.pth), --metrics, --history, --model-info
 """
@@ -64,8 +67,11 @@ def main(
             tracker,
             compile_model=cfg.compile,
             resume=resume_path(model),
+            keep=cfg.keep,
+            monitor=cfg.monitor,
         )
         if cfg.unfreeze_epochs:
+            frozen = learner.frozen
             unfreeze_learner(learner)
             more = learner.fit_one_cycle(
                 cfg.unfreeze_epochs,
@@ -76,7 +82,11 @@ def main(
                 step_offset=len(rows),
                 compile_model=cfg.compile,
                 resume=resume_path(model, phase=1),
+                keep=cfg.keep,
+                monitor=cfg.monitor,
             )
+            if learner.best is not None and learner.best.epoch < len(rows):
+                learner.frozen = frozen  # the weights kept are the first phase's
             rows += [dataclasses.replace(row, epoch=row.epoch + len(rows)) for row in more]
     write_outputs(
         learner,
