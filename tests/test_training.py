@@ -20,6 +20,7 @@ from pets.config import LabelsParams, parse_params
 from pets.errors import PetsError
 from pets.files import write_csv, write_json
 from pets.labels import label_dataset
+from pets.learner import load_trained_model
 from pets.synthetic import make_pets
 from pets.train import load_checkpoint
 from tests.helpers import REPO
@@ -319,6 +320,44 @@ def test_a_checkpoint_that_does_not_fit_its_architecture_is_refused(photos, tmp_
     assert not (tmp_path / "s2.pth").exists()
 
 
+def test_two_gloo_processes_take_one_processs_step(photos, lite0, tmp_path: Path) -> None:
+    # With nothing drawn at random (float64, no augmentation or dropout), two processes at bs 4
+    # take the very step one process takes at bs 8: the same photos, initial head, gradients
+    # and BatchNorm statistics. Without sync_bn each process normalises its own 4 photos.
+    def step(processes: int, bs: int, sync_bn: str) -> dict:
+        out = tmp_path / f"{processes}-{sync_bn}.pt"
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+        command = (
+            [*launcher, f"--nproc_per_node={processes}"] if processes > 1 else [sys.executable]
+        )
+        inputs = [str(photos[name]) for name in ("split", "classes", "cache")]
+        arguments = [str(out), str(lite0), *inputs, str(bs), sync_bn]
+        done = subprocess.run(
+            [*command, str(REPO / "tests/ddp_step.py"), *arguments],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        return torch.load(out, weights_only=True)
+
+    def differences(one: dict, two: dict) -> dict[str, float]:
+        worst = {"logits": (two["logits"] - one["logits"]).abs().max() / one["logits"].abs().max()}
+        for kind in ("grads", "buffers"):
+            assert two[kind].keys() == one[kind].keys()
+            a = torch.cat([t.double().flatten() for t in one[kind].values()])
+            b = torch.cat([t.double().flatten() for t in two[kind].values()])
+            worst[kind] = (b - a).norm() / a.norm()
+        return {name: float(value) for name, value in worst.items()}
+
+    one = step(1, 8, "true")
+    synced = differences(one, step(2, 4, "true"))
+    assert max(synced.values()) < 1e-8, synced
+    unsynced = differences(one, step(2, 4, "false"))
+    assert min(unsynced.values()) > 1e-3, unsynced
+
+
+@pytest.mark.slow  # four epochs twice, then two more runs: minutes on 2 cores
 def test_two_gloo_processes_train_data_parallel(photos, lite0, tmp_path: Path) -> None:
     settings = "arch: 'timm:tf_efficientnet_lite0', weights: '{}', size: 64, epochs: 4, bs: {}"
 
@@ -352,7 +391,19 @@ def test_two_gloo_processes_train_data_parallel(photos, lite0, tmp_path: Path) -
         ]
         results[processes] = json.loads((out / "m.json").read_text())
         assert len(pd.read_csv(out / "h.csv")) == 4
-    assert results[2]["error_rate"] < 0.8  # it learned something: chance is 5/6
+    # Two processes at bs 4 train as one at bs 8: BatchNorm normalises over both processes'
+    # photos (launch.sync_bn). They draw other dropout masks and augmentations, so the numbers
+    # are close, not equal (one of the 14 validation photos is 0.07). Each process normalising
+    # its own 4 photos trailed by far: error rate 0.57-0.71 against 0.21-0.43, valid_loss
+    # 1.9-2.7 against 0.75-0.92 (seeds 2-4).
+    one, two = results[1], results[2]
+    assert abs(two["error_rate"] - one["error_rate"]) <= 0.15, (one, two)
+    assert abs(two["valid_loss"] - one["valid_loss"]) <= 0.5, (one, two)
+    # Process 0 saved plain BatchNorm layers: its checkpoint loads as one process's does.
+    saved = [load_checkpoint(tmp_path / f"p{n}/m.pth")["model"] for n in (1, 2)]
+    assert list(saved[1]) == list(saved[0])
+    model, _ = load_trained_model(tmp_path / "p2/m.pth", "checkpoint")
+    assert {type(m).__name__ for m in model.modules()} >= {"BatchNormAct2d", "BatchNorm1d"}
     # One validation photo: process 1 has none to validate, and must not leave process 0
     # waiting on a collective it never joins.
     split = pd.read_csv(photos["split"])
@@ -398,9 +449,3 @@ def test_two_gloo_processes_train_data_parallel(photos, lite0, tmp_path: Path) -
     assert done.stdout.count("SuggestedLRs(") == 1
     assert len(pd.read_csv(sweep / "curve.csv")) == 12
     assert set(json.loads((sweep / "lr.json").read_text())) >= {"valley"}
-    # A known gap, measured here before and after the per-fit streams: two processes validate
-    # worse than one with the same effective batch (valid_loss 1.7-2.7 against 0.6-0.9, error
-    # rate 0.36-0.64 against 0.21-0.29). Open until found; the rest of this test must pass.
-    gap = results[2]["error_rate"] - results[1]["error_rate"]
-    if gap > 0.2:
-        pytest.xfail(f"data-parallel training trails one process by {gap:.2f} in error rate")

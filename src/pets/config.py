@@ -362,6 +362,9 @@ class LaunchParams(Section):
     """How training stages run; not a dependency of any stage, so changing it reruns nothing."""
 
     processes: int = Field(1, ge=1, le=64, description=">1: data-parallel (torchrun), bs each")
+    sync_bn: bool = Field(
+        True, description="with processes >1, BatchNorm over all processes' batches (fastai's)"
+    )
 
 
 class Params(Section):

@@ -4,7 +4,8 @@ process this is, the process group (NCCL on GPUs, gloo on the CPU), sums across 
 A training stage run with `launch.processes: N` (N > 1) starts itself again under
 `torchrun --standalone --nproc_per_node=N`; one started by `torchrun` directly works too. Every
 process reads the same seeded order and takes its share of each epoch; `bs` is per process (the
-effective batch is N x bs); only process 0 writes files, prints and logs to MLflow."""
+effective batch is N x bs); BatchNorm layers normalise over all N x bs photos
+(`launch.sync_bn`, pets.sync_bn); only process 0 writes files, prints and logs to MLflow."""
 
 from __future__ import annotations
 

@@ -225,11 +225,17 @@ def start_compute(params: Params, key: str) -> Compute:
     return compute
 
 
-def _prepare(model: nn.Module, device: torch.device) -> nn.Module:
+def _prepare(model: nn.Module, device: torch.device, params: Params) -> nn.Module:
     # channels_last: oneDNN's and cuDNN's fastest layout (1.4x for resnet34 on this CPU).
     model = model.to(device, memory_format=torch.channels_last)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input sizes: pick the fastest kernels
+    if distributed.size() > 1 and params.launch.sync_bn:
+        # Several processes train one model on one batch: BatchNorm normalises over all of it,
+        # as one process at the whole batch size does (its layers keep their tensors).
+        from pets.sync_bn import convert
+
+        model = convert(model, device)
     return model
 
 
@@ -277,7 +283,14 @@ def create_learner(
     inputs = [split, classes, cache / "index.csv"]
     fingerprint = partial(training_fingerprint, params, key, inputs)
     return Learner(
-        _prepare(model, device), spec, train, valid, compute, fingerprint, frozen, seed=params.seed
+        _prepare(model, device, params),
+        spec,
+        train,
+        valid,
+        compute,
+        fingerprint,
+        frozen,
+        seed=params.seed,
     )
 
 
@@ -361,7 +374,7 @@ def load_learner(
         training_fingerprint, params, key, [checkpoint, split, classes, cache / "index.csv"]
     )
     return Learner(
-        _prepare(model, device),
+        _prepare(model, device, params),
         spec,
         train_loader,
         valid,
