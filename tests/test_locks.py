@@ -111,6 +111,27 @@ def test_hardlink_lock_setting_is_read(tmp_path: Path) -> None:
     assert not pipeline.hardlink_lock(tmp_path)
 
 
+def test_flock_mode_leftovers_are_cleared_and_held_locks_kept(tmp_path: Path) -> None:
+    import zc.lockfile
+    from dvc.lock import make_lock
+
+    for name in pipeline.FLOCK_LOCK_FILES:  # what DVC's default mode leaves after each command
+        zc.lockfile.LockFile(str(tmp_path / name)).close()
+    assert pipeline.clear_flock_leftovers(tmp_path) == ["lock", "rwlock.lock"]
+    assert not list(tmp_path.iterdir())
+    held = zc.lockfile.LockFile(str(tmp_path / "lock"))  # a flock-mode DVC running now
+    nfs = make_lock(str(tmp_path / "rwlock.lock"), tmp_dir=str(tmp_path), hardlink_lock=True)
+    nfs.lock()  # an NFS-mode DVC running now
+    try:
+        assert pipeline.clear_flock_leftovers(tmp_path) == []
+        assert (tmp_path / "lock").exists() and (tmp_path / "rwlock.lock").exists()
+    finally:
+        held.close()
+        nfs.unlock()
+    (tmp_path / "lock").write_text("not a pid\n")
+    assert pipeline.clear_flock_leftovers(tmp_path) == []
+
+
 def _copy(snakemade: Path, tmp_path: Path) -> Path:
     project = tmp_path / "project"
     shutil.copytree(snakemade, project, symlinks=True)
@@ -168,18 +189,16 @@ def test_snakemake_refuses_to_start_beside_dvc_repro(snakemade: Path, tmp_path: 
 
 
 @pytest.mark.dag
-# DVC's NFS mode (`core.hardlink_lock`) is not in this list yet: the same sequence run by hand
-# in a shell passes (snakemake takes and removes DVC's lock, `dvc status` works after), but under
-# this test the `dvc status` after the run still finds the project locked: cause not found yet.
-@pytest.mark.parametrize("nfs", [False], ids=["flock"])
+@pytest.mark.parametrize("nfs", [False, True], ids=["flock", "nfs"])
 def test_dvc_and_stages_refuse_to_run_beside_snakemake(
     snakemade: Path, tmp_path: Path, nfs: bool
 ) -> None:
     project = _copy(snakemade, tmp_path)
     if nfs:
-        # A project on NFS uses this mode from the start: no lock file left by flock-mode runs
-        # (DVC's own zc.lockfile leaves it too), whose mere existence means "locked" here.
-        (project / ".dvc" / "tmp" / "lock").unlink(missing_ok=True)
+        # Switched to NFS mode after flock-mode runs: the snakemade copy holds the lock files
+        # those runs left, which this mode reads as held; snakemake must clear them.
+        leftovers = [project / ".dvc" / "tmp" / name for name in ("lock", "rwlock.lock")]
+        assert all(path.exists() for path in leftovers)
         run_tool(project, "dvc", "config", "core.hardlink_lock", "true")
     running = _start(project, "snakemake", "--cores", "2", "--forcerun", "interpret")
     try:
@@ -201,6 +220,7 @@ def test_dvc_and_stages_refuse_to_run_beside_snakemake(
     finally:
         output = running.communicate(timeout=600)[0]
     assert running.returncode == 0, output[-3000:]
-    assert not (project / ".dvc" / "tmp" / "lock").exists() or not nfs  # NFS lock removed
+    if nfs:  # the leftovers and snakemake's own NFS lock are gone
+        assert not any(path.exists() for path in leftovers)
     status = run_tool(project, "dvc", "status")
     assert status.stdout.split() == ["inputs:", "always", "changed"]  # what snakemake built

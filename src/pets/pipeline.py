@@ -75,14 +75,20 @@ def _running_stages(project: Path) -> list[str]:
 
 
 def _holder(project: Path) -> str:
+    # A snakemake run's own jobs are named by the run (its line in pipeline.lock), so the
+    # message does not depend on whether one of its jobs happens to be running; a stage of
+    # DVC's or one run by hand is named itself.
     stages = _running_stages(project)
-    if stages:
-        return stages[0]
+    others = [stage for stage in stages if not stage.startswith("snakemake")]
+    if others:
+        return others[0]
+    line = ""
     with contextlib.suppress(OSError):
-        text = _state(project, "pipeline.lock").read_text().split("\n")[0].strip()
-        if text:
-            return text
-    return "another pipeline"
+        line = _state(project, "pipeline.lock").read_text().split("\n")[0].strip()
+    found = re.match(r"snakemake \(pid (\d+),", line)
+    if found and _alive(int(found.group(1))):
+        return line
+    return (stages or [line or "another pipeline"])[0]
 
 
 def _refusal(project: Path) -> PetsError:
@@ -150,6 +156,32 @@ def hardlink_lock(project: Path) -> bool:
     return False
 
 
+# The files DVC's flock-mode locks (zc.lockfile) leave behind when they are let go.
+FLOCK_LOCK_FILES = ("lock", "rwlock.lock")
+
+
+def clear_flock_leftovers(tmp: Path) -> list[str]:
+    """Remove what DVC's flock mode left in `.dvc/tmp` (its lock files stay after release, with
+    " <pid>" in them); in NFS mode their mere existence reads as held, so a project switched to
+    `core.hardlink_lock` after flock-mode runs would be locked for good. Returns what went."""
+    removed = []
+    for name in FLOCK_LOCK_FILES:
+        path = tmp / name
+        try:
+            # A held NFS lock is a hard link to its holder's claim file (2 links), with the
+            # claim's name in it; a flock-mode file has one link and a pid.
+            if path.stat().st_nlink != 1 or not re.fullmatch(r" ?\d+\n?", path.read_text()):
+                continue
+            with open(path, "a") as handle:
+                if fcntl is not None and not _lock(handle, fcntl.LOCK_EX):
+                    continue  # a flock-mode DVC holds it now
+                path.unlink()
+        except (OSError, UnicodeDecodeError):
+            continue
+        removed.append(name)
+    return removed
+
+
 class ProjectHold:
     """What a snakemake run holds: the project lock, exclusively, and DVC's lock."""
 
@@ -193,6 +225,8 @@ class ProjectHold:
             # DVC's NFS lock is the file's existence: take it as DVC does, so it is removed
             # again (a file we created and left would lock DVC out for good).
             from dvc.lock import LockError, make_lock
+
+            clear_flock_leftovers(tmp)
 
             lock = make_lock(str(tmp / "lock"), tmp_dir=str(tmp), hardlink_lock=True)
             try:
