@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import precision_recall_fscore_support
 
 TOP = 3
 
@@ -74,16 +73,26 @@ def most_confused(matrix: np.ndarray, classes: list[str], min_val: int = 2) -> p
 
 
 def per_class(predictions: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
-    """Precision, recall, F1, support and error rate (1 - recall) for every class."""
-    precision, recall, f1, support = precision_recall_fscore_support(
-        predictions["actual"], predictions["predicted"], labels=classes, zero_division=0
-    )
+    """Precision, recall, F1, support and error rate (1 - recall) for every class (a class
+    never predicted, or never present, scores 0 where its ratio is undefined, as scikit-learn's
+    `zero_division=0`). Counted with numpy: importing scikit-learn costs the stage 0.7 s."""
+    actual = predictions["actual"].to_numpy()
+    predicted = predictions["predicted"].to_numpy()
+    names = np.asarray(classes, dtype=object)[:, None]
+    is_actual, is_predicted = actual[None, :] == names, predicted[None, :] == names
+    hits = (is_actual & is_predicted).sum(axis=1)
+    support, chosen = is_actual.sum(axis=1), is_predicted.sum(axis=1)
+
+    def ratio(top: np.ndarray, bottom: np.ndarray) -> np.ndarray:
+        return np.divide(top, bottom, out=np.zeros(len(classes)), where=bottom > 0)
+
+    recall = ratio(hits, support)
     return pd.DataFrame(
         {
             "class": classes,
-            "precision": precision,
+            "precision": ratio(hits, chosen),
             "recall": recall,
-            "f1": f1,
+            "f1": ratio(2 * hits, support + chosen),  # 2tp / (2tp + fp + fn)
             "support": support.astype(int),
             "error_rate": np.where(support > 0, 1 - recall, np.nan),
         }
