@@ -71,6 +71,19 @@ def _imported(tree: ast.AST) -> list[str]:
     return names
 
 
+# (path, mtime, size) -> the pets modules a file imports: the Snakefile and `pets dag check`
+# walk the same few dozen files for each of twelve stages, and parsing was most of a no-op run.
+_IMPORTS: dict[tuple[str, int, int], list[str]] = {}
+
+
+def _file_imports(path: Path) -> list[str]:
+    stat = path.stat()
+    key = (str(path), stat.st_mtime_ns, stat.st_size)
+    if key not in _IMPORTS:
+        _IMPORTS[key] = _imported(ast.parse(path.read_text()))
+    return _IMPORTS[key]
+
+
 def code_files(project: Path, script: str) -> list[str]:
     """`script` and the src/pets files it imports, transitively, as sorted project-relative
     paths (imports inside functions count: that code runs in the stage; imports for type
@@ -79,7 +92,7 @@ def code_files(project: Path, script: str) -> list[str]:
     found = {script}
     pending = [project / script]
     while pending:
-        for name in _imported(ast.parse(pending.pop().read_text())):
+        for name in _file_imports(pending.pop()):
             parts = name.split(".")
             for depth in range(1, len(parts) + 1):  # a module's packages run their __init__
                 path = _module_file(package, ".".join(parts[:depth]))
