@@ -244,11 +244,12 @@ class ProjectHold:
     def release_dvc(self) -> None:
         """Let go of DVC's lock (to run `dvc commit`), keeping the project's."""
         if self.dvc_lock is not None:
-            with contextlib.suppress(Exception):
-                self.dvc_lock.unlock()
-            # We held it: in DVC's NFS mode the file's existence is the lock, and a file left
-            # behind would lock DVC out for good.
-            (self.project / ".dvc" / "tmp" / "lock").unlink(missing_ok=True)
+            try:
+                self.dvc_lock.unlock()  # removes the file: in NFS mode its existence is the lock
+            except Exception:
+                # We held it, and a file left behind would lock DVC out for good. Only here:
+                # after a clean unlock the file may already be another DVC's lock.
+                (self.project / ".dvc" / "tmp" / "lock").unlink(missing_ok=True)
             self.dvc_lock = None
         for handle in self.handles[1:]:
             handle.close()

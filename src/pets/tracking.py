@@ -310,13 +310,12 @@ def _remember_parent(project: Path, key: str, run_id: str) -> None:
 
 
 def _find_parent(
-    client: MlflowClient, experiment: str, key: str, project: Path, running: list[Any]
+    client: MlflowClient, experiment: str, key: str, remembered: str | None, running: list[Any]
 ) -> Any | None:
     """The parent run of pipeline `key` (its `RunInfo`), or None: among the `running` runs by
-    its remembered id, else by that id, else by searching the pipeline's tags."""
+    its `remembered` id, else by that id, else by searching the pipeline's tags."""
     from mlflow.exceptions import MlflowException
 
-    remembered = _remembered_parent(project, key)
     for run in running:
         if run.info.run_id == remembered:
             return run.info
@@ -346,11 +345,12 @@ def _find_or_create_parent(
     project: Path,
     running: list[Any],
 ) -> str:
-    found = _find_parent(client, experiment, key, project, running)
+    remembered = _remembered_parent(project, key)
+    found = _find_parent(client, experiment, key, remembered, running)
     if found is not None:
         if found.status == "FINISHED":  # a stage of it ran before: running again
             client.update_run(found.run_id, status="RUNNING")
-        if _remembered_parent(project, key) != found.run_id:
+        if remembered != found.run_id:
             _remember_parent(project, key, found.run_id)
         return found.run_id
     tool = key.split("-")[0]
