@@ -213,3 +213,109 @@ def test_mlflow_models_serve_answers_on_loopback(
         server.wait(30)
     got = [(row["class"], round(row["probability"], 5)) for row in rows]
     assert got == [want[str(p)] for p in photos]
+
+
+@pytest.mark.dag
+def test_the_export_stage_registers_its_model_and_runs_carry_the_data_set(
+    snakemade: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = client_for(snakemade)
+    versions = client.search_model_versions("name='pets'")
+    assert versions, "the export stage registered nothing"
+    latest = max(versions, key=lambda v: int(v.version))
+    run = client.get_run(latest.run_id)
+    assert run.data.tags["pets.stage"] == "export"
+    for key in ("git.commit", "pets.pipeline", "data.archive_md5", "seed"):
+        assert latest.tags[key] == run.data.tags[key]
+    assert latest.tags["weights.md5"] == md5_file(snakemade / "models" / "export" / WEIGHTS)
+    photos = sorted((snakemade / "data" / "dataset").rglob("*.jpg"))[:4]
+    assert _here(snakemade, f"models:/pets/{latest.version}", photos, monkeypatch) == _here(
+        snakemade, "models/export", photos, monkeypatch
+    )
+
+    import pandas as pd
+
+    split = pd.read_csv(snakemade / "data" / "split.csv")
+    counts = {"photos": len(split), "valid": int(split["is_valid"].sum())}
+    stage = client.search_runs(
+        [run.info.experiment_id], "tags.`pets.stage` = 'train_frozen'", max_results=1
+    )[0]
+    parent = client.get_run(stage.data.tags["mlflow.parentRunId"])
+    for found, context in ((stage, "training"), (parent, "training"), (run, "evaluation")):
+        (used,) = found.inputs.dataset_inputs
+        profile = json.loads(used.dataset.profile)
+        assert {k: profile[k] for k in counts} == counts
+        assert profile["archive_md5"] == run.data.tags["data.archive_md5"]
+        assert used.dataset.name == "oxford-iiit-pet"
+        tags = {t.key: t.value for t in used.tags}
+        assert tags["mlflow.data.context"] == context, found.info.run_name
+    assert client.get_experiment(run.info.experiment_id).tags[EXPERIMENT_KIND] == MODEL_TRAINING
+
+
+EXPAND_PARENT = """(() => {
+  const row = Array.from(document.querySelectorAll('[role=row]'))
+    .find((r) => r.innerText.includes('snakemake 20'));
+  const button = row && Array.from(row.querySelectorAll('button'))
+    .find((b) => b.innerText.trim() === '');
+  if (button) button.click();
+  return Boolean(button);
+})()"""
+
+
+@pytest.mark.dag
+def test_pets_ui_opens_on_the_runs_with_their_data_set(
+    snakemade: Path, chromium: str, tmp_path: Path
+) -> None:
+    import asyncio
+    import re
+    import signal
+    import threading
+
+    from tests.browser import DevTools
+
+    project = tmp_path / "project"  # the UI's own copy of the store: it may migrate it
+    project.mkdir()
+    for name in ("params.yaml", "mlflow.db"):
+        shutil.copy2(snakemade / name, project / name)
+    port = _free_port()
+    ui = subprocess.Popen(
+        [sys.executable, "-m", "pets.cli", "--project", str(project), "ui", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=(tmp_path / "ui.log").open("w"),
+        text=True,
+        env=tool_env(),
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.append(ui.stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(180)
+    try:
+        found = re.search(r"(http://127\.0\.0\.1:\d+/\S+)", lines[0] if lines else "")
+        assert found, (tmp_path / "ui.log").read_text()[-3000:]
+        assert found.group(1).endswith("?workflowType=machine_learning")
+
+        async def drive() -> tuple[str, str]:
+            async with DevTools(chromium, tmp_path / "profile", timeout=120) as page:
+                await page.send(
+                    "Emulation.setDeviceMetricsOverride",
+                    width=1500,
+                    height=1000,
+                    deviceScaleFactor=1,
+                    mobile=False,
+                )
+                await page.open(found.group(1))
+                await page.wait_for("document.body.innerText.includes('snakemake 20')")
+                parent_only = await page.evaluate("document.body.innerText")
+                assert await page.evaluate(EXPAND_PARENT)
+                await page.wait_for("document.body.innerText.includes('train_frozen')")
+                return parent_only, await page.evaluate("document.body.innerText")
+
+        parent_only, expanded = asyncio.run(drive())
+    finally:
+        ui.send_signal(signal.SIGTERM)
+        assert ui.wait(60) == 0
+    assert "Model training" in parent_only and "oxford-iiit-pet (" in parent_only
+    for stage in ("labels", "train_frozen", "finetune", "export", "interpret@stage-1"):
+        assert stage in expanded
+    with pytest.raises(ConnectionRefusedError):  # the UI's server went with it
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()

@@ -32,6 +32,8 @@ def _no_progress_bars() -> None:
     # MLflow draws a progress bar per artifact download on stderr: noise in a stage's log,
     # and it would bury `pets predict`'s one-line errors.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
 ARTIFACT = "model"  # the logged model's name in its run
 # The stage run's tags a model version carries: where the model came from.
 LINEAGE = (

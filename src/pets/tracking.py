@@ -411,17 +411,19 @@ def _log_dataset(
     params: Params,
     split_md5: str,
     stage: str,
-    runs: list[str | None],
+    runs: tuple[str, str | None],
 ) -> None:
     """The split as an MLflow dataset input of the stage's run and of its pipeline's parent
     (MLflow keeps one record per data set and run, however many stages log it)."""
     from pets.datasets import dataset_input
 
     context = "training" if stage.split("@")[0] in TRAINING_STAGES else "evaluation"
-    found = dataset_input(project, params.data.url, split_md5, context)
     with CLOCK.count("logging"):
-        for run_id in filter(None, runs):
-            client.log_inputs(run_id, datasets=[found])
+        # The parent trains on it whichever of its stages logs it first.
+        for run_id, used in zip(runs, (context, "training"), strict=True):
+            if run_id:
+                found = dataset_input(project, params.data.url, split_md5, used)
+                client.log_inputs(run_id, datasets=[found])
 
 
 @contextlib.contextmanager
@@ -471,7 +473,7 @@ def stage_run(
     try:
         split_md5 = tags.get(f"input.{SPLIT}")
         if split_md5 and reads_split(project, inputs or []):
-            _log_dataset(client, project, params, split_md5, stage, [run.info.run_id, parent_id])
+            _log_dataset(client, project, params, split_md5, stage, (run.info.run_id, parent_id))
         tracker.log_batch(params=redacted(flatten(stage_params(params, stage.split("@")[0]))))
         yield tracker
         closing = file_tags("output", outputs or [], project)

@@ -7,6 +7,9 @@ whose runs table shows each pipeline run with its stage runs and their data set.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -68,18 +71,40 @@ def ui(project: Path, host: str = "127.0.0.1", port: int = 5000, wait_s: float =
     command += ["--host", host, "--port", str(port), "--workers", "1"]
     # Its log goes to a file: a pipe nobody reads would fill and stall the server.
     with tempfile.TemporaryFile() as log:
-        server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log)
+        # Its own process group: `mlflow ui` starts uvicorn and a job runner as children, and
+        # stopping `mlflow ui` alone would leave them serving.
+        # Without MLflow's job runner: it starts seven consumer processes (GenAI evaluation
+        # jobs, unused here) that made the UI take a minute to answer on two cores.
+        server = subprocess.Popen(
+            command,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            start_new_session=True,
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        )
+        previous = signal.signal(signal.SIGTERM, _interrupt)
         try:
             _wait_and_serve(server, log, host, port, experiment, wait_s)
         except KeyboardInterrupt:
             pass
         finally:
-            if server.poll() is None:
-                server.terminate()
-                try:
-                    server.wait(10)
-                except subprocess.TimeoutExpired:
-                    server.kill()
+            signal.signal(signal.SIGTERM, previous)
+            _stop_group(server)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM stops the UI as Ctrl-C does, server included
+
+
+def _stop_group(server: subprocess.Popen[bytes]) -> None:
+    for sent in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, sent)
+        try:
+            server.wait(10)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def _wait_and_serve(
