@@ -319,3 +319,25 @@ def test_pets_ui_opens_on_the_runs_with_their_data_set(
         assert stage in expanded
     with pytest.raises(ConnectionRefusedError):  # the UI's server went with it
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
+
+
+def test_pets_ui_refuses_in_one_line(tmp_path: Path) -> None:
+    def ui(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "pets.cli", "--project", str(project), "ui", *args],
+            capture_output=True,
+            text=True,
+            env=tool_env(),
+        )
+
+    project = _project(tmp_path)
+    nothing = ui()  # no runs yet
+    assert nothing.returncode == 1 and "no runs tracked yet" in nothing.stderr
+    assert len(nothing.stderr.strip().splitlines()) == 1
+    experiment_id(client_for(project), "pets", project)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = ui("--port", str(taken.getsockname()[1]))
+    assert busy.returncode == 1 and "is in use" in busy.stderr, busy.stderr
+    assert len(busy.stderr.strip().splitlines()) == 1
