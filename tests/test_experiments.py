@@ -15,6 +15,7 @@ import yaml
 from pets import experiments
 from pets.config import load_params
 from pets.experiments import borrow, borrowed_paths, experiment_tags, origin
+from pets.files import md5_file
 from pets.stages import specs
 from pets.tracking import store_root, tracking_uri
 from tests.helpers import REPO, merge, read_params, run_tool, write_params
@@ -158,6 +159,16 @@ def test_queued_experiments_keep_their_runs(snakemade: Path, tmp_path: Path) -> 
     run_tool(project, "git", "add", "-A")
     run_tool(project, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "run")
     before = {run[0] for run in _runs(project)}
+    # Snakemake's `dvc commit` step keeps what DVC does not store out of DVC's cache (DVC's
+    # `dvc commit` would copy it there through its run cache, as `dvc repro` does not).
+    stored = {path.name for path in (project / ".dvc/cache/files").rglob("*") if path.is_file()}
+    uncached = [
+        *(project / "data/cache").rglob("*.npy"),
+        *(project / "data/dataset").rglob("*.jpg"),
+    ]
+    assert uncached
+    for path in uncached:
+        assert md5_file(path)[2:] not in stored, path
     pixels = {path: path.stat() for path in (project / "data/cache").rglob("*") if path.is_file()}
     assert read_params(project)["interpret"]["k"] == 4
 

@@ -17,9 +17,8 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-from pathlib import Path
-
 from collections.abc import Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pets.config import Params
@@ -116,8 +115,8 @@ def borrowed_paths(source: Path, params: Params, stages: Iterable[StageSpec]) ->
 
 def borrow(project: Path, source: Path, params: Params, stages: Iterable[StageSpec]) -> list[str]:
     """Hard-link into the temporary copy `project` what `borrowed_paths` names for `stages` and
-    the copy lacks but `source` has; returns those paths. Links, not copies: a data set and its pixel
-    cache take no new space, and DVC unlinks an output before a stage rebuilds it."""
+    the copy lacks but `source` has; returns those paths. Links, not copies: a data set and its
+    pixel cache take no new space, and DVC unlinks an output before a stage rebuilds it."""
     done = []
     for relative in borrowed_paths(source, params, stages):
         there, here = source / relative, project / relative
