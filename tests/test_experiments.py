@@ -4,7 +4,10 @@ name, and borrows the project's uncached outputs instead of rebuilding them."""
 
 from __future__ import annotations
 
+import csv
+import io
 import os
+import re
 import shutil
 import sqlite3
 from pathlib import Path
@@ -178,7 +181,7 @@ def test_queued_experiments_keep_their_runs(snakemade: Path, tmp_path: Path) -> 
         queued = run_tool(
             project, "dvc", "exp", "run", "--queue", "-S", f"interpret.k={k}", "interpret"
         )
-        names[k] = queued.stdout.split("'")[1]  # Queued experiment 'name' for future execution.
+        (names[k],) = re.findall(r"Queued experiment '([^']+)'", queued.stdout + queued.stderr)
     run_tool(project, "dvc", "queue", "start", "-j", "2")
     # `--run-all` joins the workers `queue start` began and returns once both are collected.
     done = run_tool(project, "dvc", "exp", "run", "--run-all", "-j", "2")
@@ -196,7 +199,7 @@ def test_queued_experiments_keep_their_runs(snakemade: Path, tmp_path: Path) -> 
     for path, found in pixels.items():  # the project's pixel cache: the same files, untouched
         assert (path.stat().st_ino, path.stat().st_mtime_ns) == (found.st_ino, found.st_mtime_ns)
     assert not list((project / ".dvc/tmp/exps").glob("tmp*/mlflow.db"))
-    shown = run_tool(project, "dvc", "exp", "show", "--csv").stdout
-    for k, name in names.items():
-        (row,) = [line for line in shown.splitlines() if line.startswith(f"{name},")]
-        assert f",{k}," in row
+    shown = csv.DictReader(io.StringIO(run_tool(project, "dvc", "exp", "show", "--csv").stdout))
+    assert {row["Experiment"]: row["interpret.k"] for row in shown if row["Experiment"]} == {
+        name: str(k) for k, name in names.items()
+    }
