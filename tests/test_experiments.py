@@ -198,7 +198,12 @@ def test_queued_experiments_keep_their_runs(snakemade: Path, tmp_path: Path) -> 
     assert {run[2] for run in new} == set(names.values())  # every new run is an experiment's
     for path, found in pixels.items():  # the project's pixel cache: the same files, untouched
         assert (path.stat().st_ino, path.stat().st_mtime_ns) == (found.st_ino, found.st_mtime_ns)
-    assert not list((project / ".dvc/tmp/exps").glob("tmp*/mlflow.db"))
+    # Nor did DVC restore them from its run cache (a copy): it found the borrowed ones current.
+    logs = [path.read_text() for path in (project / ".dvc/tmp/exps/run").glob("*/*.out")]
+    assert len(logs) == 2
+    for log in logs:
+        for stage in ("download", "cache"):
+            assert f"Stage '{stage}' didn't change, skipping" in log, log
     shown = csv.DictReader(io.StringIO(run_tool(project, "dvc", "exp", "show", "--csv").stdout))
     assert {row["Experiment"]: row["interpret.k"] for row in shown if row["Experiment"]} == {
         name: str(k) for k, name in names.items()
