@@ -122,3 +122,29 @@ def run_script(project: Path, stage: str, *args: str) -> subprocess.CompletedPro
         text=True,
         env=tool_env(),
     )
+
+
+def write_export(folder: Path, classes: list[str], seed: int = 0) -> Path:
+    """An export folder: resnet18 with the lesson's head for `classes` at size 48, seeded
+    random weights (for tests where what is served matters, not how good it is)."""
+    import torch
+
+    from pets.export import SPEC_FORMAT, save_weights
+    from pets.model import create_body, create_cnn
+    from pets.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+    torch.manual_seed(seed)
+    spec = {
+        "format": SPEC_FORMAT,
+        "arch": "resnet18",
+        "classes": list(classes),
+        "size": 48,
+        "presize": 64,
+        "mean": list(IMAGENET_MEAN),
+        "std": list(IMAGENET_STD),
+        "head": {"features": 512, "hidden": 512, "dropout": [0.25, 0.5]},
+        "weights": "none",
+        "split": "6",
+    }
+    save_weights(create_cnn(create_body("resnet18", "none"), len(classes)), spec, folder)
+    return folder

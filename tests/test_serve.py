@@ -22,16 +22,13 @@ from typing import Any
 
 import aiohttp
 import pytest
-import torch
 
-from pets.export import SPEC, SPEC_FORMAT, WEIGHTS, save_weights
-from pets.model import create_body, create_cnn
+from pets.export import SPEC, WEIGHTS
 from pets.predict import Predictor
 from pets.serve import is_loopback
 from pets.synthetic import make_pets
-from pets.transforms import IMAGENET_MEAN, IMAGENET_STD
 from tests.browser import DevTools
-from tests.helpers import SMALL_SIZES, tool_env
+from tests.helpers import SMALL_SIZES, tool_env, write_export
 
 CLASSES = ["Abyssinian", "Bengal", "Birman", "Bombay"]
 
@@ -40,22 +37,7 @@ CLASSES = ["Abyssinian", "Bengal", "Birman", "Bombay"]
 def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An export folder: resnet18 with the lesson's head for 4 classes at size 48, seeded
     random weights (what is served matters here, not how good it is)."""
-    folder = tmp_path_factory.mktemp("model") / "export"
-    torch.manual_seed(0)
-    spec = {
-        "format": SPEC_FORMAT,
-        "arch": "resnet18",
-        "classes": CLASSES,
-        "size": 48,
-        "presize": 64,
-        "mean": list(IMAGENET_MEAN),
-        "std": list(IMAGENET_STD),
-        "head": {"features": 512, "hidden": 512, "dropout": [0.25, 0.5]},
-        "weights": "none",
-        "split": "6",
-    }
-    save_weights(create_cnn(create_body("resnet18", "none"), len(CLASSES)), spec, folder)
-    return folder
+    return write_export(tmp_path_factory.mktemp("model") / "export", CLASSES)
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@
 
 `pets predict MODEL PHOTOS...` classifies photos; `pets serve MODEL` serves a page to try the
 model in a browser and `POST /predict` for programs; `pets runs` prints the latest MLflow run of
-every stage with its key params and error rate;
+every stage with its key params and error rate; `pets ui` opens MLflow's UI on the runs;
 `pets clean MODEL` serves a page to relabel or drop photos, writing `labels.corrections`;
 `pets dag write|check|inputs` writes dvc.yaml from the stage specs, checks it, or rewrites the
 stages' inputs records; `pets fake-data` writes a Pets-like data set."""
@@ -219,7 +219,9 @@ def main(argv: list[str] | None = None) -> None:
         "training checkpoint (models/stage-2.pth). Unreadable photos are reported and skipped; "
         "the exit status is 1 if any was.",
     )
-    predict.add_argument("model", type=Path, help="export folder or .pth checkpoint")
+    predict.add_argument(
+        "model", type=Path, help="export folder, .pt2, .pth checkpoint or models:/NAME/VERSION"
+    )
     predict.add_argument("photos", type=Path, nargs="+", help="photos or folders of photos")
     predict.add_argument(
         "--top-k", type=positive, default=3, help="classes shown per photo (default: 3)"
@@ -245,7 +247,9 @@ def main(argv: list[str] | None = None) -> None:
         "/predict (multipart/form-data, or the raw bytes of one photo) answering JSON. "
         "Concurrent photos are classified in batches. Uploads stay in memory.",
     )
-    serve.add_argument("model", type=Path, help="export folder or .pth checkpoint")
+    serve.add_argument(
+        "model", type=Path, help="export folder, .pt2, .pth checkpoint or models:/NAME/VERSION"
+    )
     serve.add_argument(
         "--host",
         default="127.0.0.1",
@@ -292,6 +296,15 @@ def main(argv: list[str] | None = None) -> None:
     clean.add_argument(
         "--port", type=port_number, default=8001, help="port (default: 8001; 0: any free one)"
     )
+    ui = commands.add_parser(
+        "ui",
+        help="MLflow's UI on this project's runs",
+        description="Start `mlflow ui` on the project's tracking store (mlflow.db) and print "
+        "the address of the experiment's runs table; Ctrl-C stops it. With "
+        "$MLFLOW_TRACKING_URI set to a server, print that server's address instead.",
+    )
+    ui.add_argument("--host", default="127.0.0.1", help="address (default: 127.0.0.1)")
+    ui.add_argument("--port", type=port_number, default=5000, help="port (default: 5000)")
     fake = commands.add_parser("fake-data", help="write a Pets-like data set (and .tgz)")
     fake.add_argument("root", type=Path)
     fake.add_argument("--per-class", type=int, default=200)
@@ -307,6 +320,11 @@ def main(argv: list[str] | None = None) -> None:
         return
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.command in ("predict", "serve") and "MLFLOW_TRACKING_URI" not in os.environ:
+        from pets.tracking import tracking_uri
+
+        # `models:/pets/3` resolves in the project's own store, as the stages logged it.
+        os.environ["MLFLOW_TRACKING_URI"] = tracking_uri(project)
     try:
         if args.command == "runs":
             table = runs_table(project, args.all, args.limit)
@@ -316,6 +334,10 @@ def main(argv: list[str] | None = None) -> None:
             if failed:
                 print(f"pets predict: {failed} photos could not be read", file=sys.stderr)
                 sys.exit(1)
+        elif args.command == "ui":
+            from pets.ui import ui
+
+            ui(project, host=args.host, port=args.port)
         elif args.command == "clean":
             from pets.clean import clean
 

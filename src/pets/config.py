@@ -79,6 +79,13 @@ class TrackingParams(Section):
     enabled: bool = Field(True, description="log each stage to MLflow")
     experiment: str = Field("pets", min_length=1, description="MLflow experiment name")
     log_models: bool = Field(False, description="also copy model files into MLflow (80-100 MB)")
+    model_name: str = Field(
+        "pets",
+        min_length=1,
+        max_length=200,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\- ]*$",
+        description="registered model that each export adds a version to",
+    )
 
 
 class DataParams(Section):

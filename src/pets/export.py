@@ -86,11 +86,16 @@ def parse_spec(raw: Any, source: str) -> ModelSpec:
 
 def load_exported(folder: Path) -> tuple[nn.Module, ModelSpec]:
     """The model an export folder holds (in eval mode, on the CPU) and its spec."""
+    return load_exported_files(folder / SPEC, folder / WEIGHTS)
+
+
+def load_exported_files(spec_path: Path, weights: Path) -> tuple[nn.Module, ModelSpec]:
+    """An export's model from its `model.json` and its `model.safetensors` wherever each is
+    (an MLflow model keeps the spec, the weights may be in DVC's cache)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    spec = read_spec(folder / SPEC)
-    weights = folder / WEIGHTS
+    spec = read_spec(spec_path)
     why = not_regular(weights)
     if why:
         raise PetsError(f"{weights}: cannot be read ({why})")
@@ -99,7 +104,7 @@ def load_exported(folder: Path) -> tuple[nn.Module, ModelSpec]:
     except (OSError, ValueError, SafetensorError) as exc:
         raise PetsError(f"{weights}: cannot be read ({shown(str(exc))})") from None
     spec.check_weights(state, str(weights))
-    model = create_cnn(create_body(spec.arch, "none", str(folder / SPEC)), len(spec.classes))
+    model = create_cnn(create_body(spec.arch, "none", str(spec_path)), len(spec.classes))
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:

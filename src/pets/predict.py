@@ -9,6 +9,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,10 +22,17 @@ from pets.images import find_images, load_onto_canvas
 from pets.modelspec import ModelSpec
 from pets.transforms import Draw, augment, centre_draw, normalize
 
+MLFLOW_SCHEMES = ("models:/", "runs:/")  # model URIs MLflow resolves
+
 
 def load_model(path: Path) -> tuple[torch.nn.Module, ModelSpec]:
     """An export folder (or its model.json), its torch.export program (.pt2) or a training
-    checkpoint (.pth), as (model in eval mode on the CPU, its validated spec)."""
+    checkpoint (.pth), or a model in MLflow (`models:/pets/3`, `runs:/<id>/model`), as (model in
+    eval mode on the CPU, its validated spec)."""
+    if str(path).startswith(MLFLOW_SCHEMES):
+        from pets.registry import load_registered
+
+        return load_registered(str(path))
     if path.is_dir() or path.name == SPEC:
         return load_exported(path if path.is_dir() else path.parent)
     why = not_regular(path)
@@ -81,7 +89,31 @@ class Predictor:
         top_k: int = 3,
         threads: int = 4,
     ) -> None:
-        model, self.spec = load_model(model_path)
+        self._ready(*load_model(model_path), device, precision, bs, tta, top_k, threads)
+
+    @classmethod
+    def from_model(
+        cls, model: torch.nn.Module, spec: ModelSpec, device: str = "auto", **options: Any
+    ) -> Predictor:
+        """A Predictor for a model already loaded (an MLflow model's), with `Predictor`'s
+        options (precision, bs, tta, top_k, threads)."""
+        predictor = cls.__new__(cls)
+        settings = {"precision": "auto", "bs": 32, "tta": False, "top_k": 3, "threads": 4}
+        predictor._ready(model, spec, device, **{**settings, **options})
+        return predictor
+
+    def _ready(
+        self,
+        model: torch.nn.Module,
+        spec: ModelSpec,
+        device: str,
+        precision: str,
+        bs: int,
+        tta: bool,
+        top_k: int,
+        threads: int,
+    ) -> None:
+        self.spec = spec
         self.compute: Compute = pick_compute(device, precision)
         self.model = model.to(self.compute.device, memory_format=torch.channels_last).eval()
         self.classes: list[str] = list(self.spec.classes)

@@ -22,9 +22,10 @@ from filelock import FileLock
 
 import pets
 from pets.config import Params, flatten, stage_params
+from pets.datasets import reads_split
 from pets.experiments import experiment_tags, origin
 from pets.fingerprints import file_tags
-from pets.paths import MANIFEST
+from pets.paths import MANIFEST, SPLIT
 from pets.processes import PIPELINE_HOST_ENV, alive, pipeline_key, pipeline_pid, process_tags
 from pets.timings import CLOCK
 
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
 TERMINAL = ("FAILED", "KILLED")
+# MLflow 3's UI shows an experiment as GenAI (traces) unless it is marked as model training.
+EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 
 
 class Tracker:
@@ -57,11 +60,19 @@ class MlflowTracker(Tracker):
     as the stage's recording: pets.timings). Params, tags and metrics without a step are kept
     until `flush` (the stage's closing batch sends them with its output fingerprints: one
     call, not one per kind); metrics at a step (an epoch) go at once, so a run shows its
-    epochs while it trains."""
+    epochs while it trains. `project` and `params`: what the export stage needs to register
+    its model (pets.registry)."""
 
-    def __init__(self, client: MlflowClient, run_id: str) -> None:
+    def __init__(
+        self,
+        client: MlflowClient,
+        run_id: str,
+        project: Path | None = None,
+        params: Params | None = None,
+    ) -> None:
         self.client = client
         self.run_id = run_id
+        self.project, self.params = project, params
         self._params: dict[str, Any] = {}
         self._tags: dict[str, str] = {}
         self._metrics: list[tuple[str, float, int]] = []
@@ -149,7 +160,9 @@ def enabled(params: Params) -> bool:
     return params.tracking.enabled and os.environ.get("PETS_TRACKING", "1") != "0"
 
 
-def _quiet() -> None:
+def quiet_mlflow() -> None:
+    """Keep MLflow's and alembic's info lines out of a stage's log (call after importing mlflow:
+    importing it configures its own loggers)."""
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
@@ -158,7 +171,7 @@ def client_for(project: Path) -> MlflowClient:
     """An MLflow client on the project's tracking store."""
     from mlflow.tracking import MlflowClient
 
-    _quiet()  # after the import: importing mlflow configures its own loggers
+    quiet_mlflow()
     return MlflowClient(tracking_uri(project))
 
 
@@ -168,10 +181,15 @@ def experiment_id(client: MlflowClient, name: str, project: Path) -> str:
 
     found = client.get_experiment_by_name(name)
     if found is not None:
+        if found.tags.get(EXPERIMENT_KIND) != MODEL_TRAINING:  # made by an older pets
+            client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND, MODEL_TRAINING)
         return found.experiment_id
     try:
-        location = (store_root(project) / "mlruns").as_uri()
-        return client.create_experiment(name, artifact_location=location)
+        return client.create_experiment(
+            name,
+            artifact_location=(store_root(project) / "mlruns").as_uri(),
+            tags={EXPERIMENT_KIND: MODEL_TRAINING},
+        )
     except MlflowException:  # another stage created it first
         return client.get_experiment_by_name(name).experiment_id
 
@@ -398,6 +416,30 @@ def _finish_parent(client: MlflowClient, parent: str, experiment: str, status: s
         client.set_terminated(parent, status)
 
 
+TRAINING_STAGES = ("train_frozen", "lr_find", "finetune", "train_resnet50")
+
+
+def _log_dataset(
+    client: MlflowClient,
+    project: Path,
+    params: Params,
+    split_md5: str,
+    stage: str,
+    runs: tuple[str, str | None],
+) -> None:
+    """The split as an MLflow dataset input of the stage's run and of its pipeline's parent
+    (MLflow keeps one record per data set and run, however many stages log it)."""
+    from pets.datasets import dataset_input
+
+    context = "training" if stage.split("@")[0] in TRAINING_STAGES else "evaluation"
+    with CLOCK.count("logging"):
+        # The parent trains on it whichever of its stages logs it first.
+        for run_id, used in zip(runs, (context, "training"), strict=True):
+            if run_id:
+                found = dataset_input(project, params.data.url, split_md5, used)
+                client.log_inputs(run_id, datasets=[found])
+
+
 @contextlib.contextmanager
 def stage_run(
     stage: str,
@@ -440,10 +482,13 @@ def stage_run(
         if parent_id:
             tags["mlflow.parentRunId"] = parent_id
         run = client.create_run(experiment, run_name=stage, tags=tags)
-    tracker = MlflowTracker(client, run.info.run_id)
+    tracker = MlflowTracker(client, run.info.run_id, project, params)
     status = "FAILED"
     closing: dict[str, str] = {}
     try:
+        split_md5 = tags.get(f"input.{SPLIT}")
+        if split_md5 and reads_split(project, inputs or []):
+            _log_dataset(client, project, params, split_md5, stage, (run.info.run_id, parent_id))
         tracker.log_batch(params=redacted(flatten(stage_params(params, stage.split("@")[0]))))
         yield tracker
         closing = file_tags("output", outputs or [], project)

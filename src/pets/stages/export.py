@@ -12,6 +12,10 @@ absolute difference in logits must stay within `export.tolerance`, or the stage 
 params: export.*
 inputs: --checkpoint (models/<export.model>.pth), --split, --classes, --cache
 outputs: --out (models/export/), --checks (reports/export.json: the differences)
+
+With tracking on, the export is also logged as an MLflow model (photo bytes in, class and
+probability out) and registered as a new version of `tracking.model_name` (pets.registry):
+`pets predict models:/pets/<version>` and `mlflow models serve -m models:/pets/<version>`.
 """
 
 from __future__ import annotations
@@ -56,6 +60,17 @@ def validation_batch(
     return next(iter(loader))[0].contiguous()
 
 
+def example_photo(split: Path, classes: Path, cache: Path) -> bytes:
+    """The first validation photo as JPEG bytes (the registered model's input example)."""
+    from pets.cache import PixelCache
+    from pets.data import load_subsets
+    from pets.registry import example_jpeg
+
+    pixels = PixelCache(cache)
+    _, valid, _ = load_subsets(split, classes, pixels)
+    return example_jpeg(pixels.photos(valid.rows[:1])[0])
+
+
 def exporting(kind: str, export: Callable[[], None]) -> None:
     """Run one exporter; its failure becomes one line naming the parameter that asked for it."""
     try:
@@ -96,6 +111,7 @@ def main(
     )
     from pets.files import atomic_path, write_json
     from pets.learner import load_trained_model
+    from pets.registry import register_export
     from pets.tracking import Tracker
 
     tracker = tracker or Tracker()
@@ -152,6 +168,11 @@ def main(
         print(f"{name}: max |logit difference| {value:.2e} on {len(images)} validation photos")
     tracker.log_metrics({f"export_max_abs_{name}": value for name, value in differences.items()})
     tracker.log_artifact(checks)
+    version = None
+    if tracker.run_id is not None:  # tracked: the export becomes a registered model version
+        version = register_export(tracker, out, example_photo(split, classes, cache))
+    if version is not None:
+        print(f"registered as MLflow model {params.tracking.model_name!r} version {version}")
 
 
 SPEC = StageSpec(
