@@ -23,6 +23,7 @@ from typing import Any
 
 from pets.config import Params, load_params, section_values
 from pets.errors import PetsError
+from pets.experiments import borrow, origin
 from pets.files import atomic_path
 from pets.fingerprints import cached_md5, known_hashes, save_hashes
 from pets.paths import HISTORY, INPUTS, LOGS, LR_FIND_CURVE, MODELS, for_model
@@ -339,7 +340,12 @@ def main(argv: list[str] | None = None) -> None:
             check(project)
             print(f"{DVC_YAML} matches the stage specs")
         else:
-            changed = write_inputs(project, load_params(project / "params.yaml"))
+            params = load_params(project / "params.yaml")
+            source = origin(project)
+            if source is not None:  # a queued experiment's copy: bring what DVC did not
+                borrowed = borrow(project, source, params, specs().values())
+                print(f"linked from {source}: {', '.join(borrowed) or 'nothing'}")
+            changed = write_inputs(project, params)
             print(f"inputs changed: {', '.join(changed) or 'none'}")
     except PetsError as exc:
         print(f"pets dag: error: {exc}", file=sys.stderr)

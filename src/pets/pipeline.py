@@ -12,8 +12,8 @@ They are `flock` locks, which the system drops when a process ends, even when it
 DVC's `core.hardlink_lock` (for NFS) DVC's lock is a file that exists only while held: snakemake
 then takes it through DVC's own lock class, which removes it when the run ends.
 
-After a snakemake run (successful or not), the stages it finished are recorded in dvc.lock with
-`dvc commit`, so `dvc repro` sees them as up to date."""
+After a snakemake run (successful or not), the stages it finished are recorded in dvc.lock as
+`dvc commit` does, so `dvc repro` sees them as up to date."""
 
 from __future__ import annotations
 
@@ -286,7 +286,7 @@ def commit_finished(project: Path, hold: ProjectHold) -> list[str]:
     stages = sorted(set(path.read_text().split()))
     hold.release_dvc()
     done = subprocess.run(
-        ["dvc", "commit", "--force", "--quiet", "inputs", *stages],
+        [sys.executable, "-m", "pets.pipeline", "commit", "inputs", *stages],
         cwd=project,
         capture_output=True,
         text=True,
@@ -301,3 +301,31 @@ def commit_finished(project: Path, hold: ProjectHold) -> list[str]:
         )
         return []
     return stages
+
+
+def _stores_uncached(stage: Any) -> bool:
+    """Whether a DVC stage has outputs DVC does not store (`cache: false`), metrics and plots
+    aside: the stages `dvc repro` keeps out of its run cache."""
+    return any(not out.use_cache for out in stage.outs if not (out.is_metric or out.is_plot))
+
+
+def commit_stages(project: Path, targets: list[str]) -> None:
+    """`dvc commit --force targets`, except that a stage with outputs DVC does not store stays
+    out of DVC's run cache, as `dvc repro` leaves it out: `dvc commit` would put a copy of
+    those outputs (the extracted data set, the pixel cache: gigabytes on Pets) in `.dvc/cache`
+    (dvc/stage/cache.py stores a run's uncached outputs with it)."""
+    from dvc.repo import Repo, lock_repo
+
+    with Repo(str(project)) as repo, lock_repo(repo):
+        for target in targets:
+            for info in repo.stage.collect_granular(target):
+                stage = info.stage
+                stage.save(run_cache=not _stores_uncached(stage))
+                stage.commit(filter_info=info.filter_info)
+                stage.dump(update_pipeline=False)
+
+
+if __name__ == "__main__":  # `python -m pets.pipeline commit STAGE...`: what commit_finished runs
+    if sys.argv[1:2] != ["commit"]:
+        sys.exit("usage: python -m pets.pipeline commit STAGE...")
+    commit_stages(Path.cwd(), sys.argv[2:])

@@ -23,6 +23,7 @@ from filelock import FileLock
 import pets
 from pets.config import Params, flatten, stage_params
 from pets.datasets import reads_split
+from pets.experiments import experiment_tags, origin
 from pets.fingerprints import file_tags
 from pets.paths import MANIFEST, SPLIT
 from pets.processes import PIPELINE_HOST_ENV, alive, pipeline_key, pipeline_pid, process_tags
@@ -141,10 +142,17 @@ def redacted(flat: dict[str, Any]) -> dict[str, Any]:
     return flat
 
 
+def store_root(project: Path) -> Path:
+    """Where the project's runs live (`mlflow.db`, `mlruns/`, the tracking lock): the project
+    itself, or for a queued DVC experiment the project it was queued in (DVC deletes its
+    temporary copy afterwards, and the runs with it)."""
+    return (origin(project) or project).resolve()
+
+
 def tracking_uri(project: Path) -> str:
     """`$MLFLOW_TRACKING_URI`, else the SQLite file `mlflow.db` at the project root as an
     absolute URI (so it does not move with the working directory)."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project.resolve() / 'mlflow.db'}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{store_root(project) / 'mlflow.db'}"
 
 
 def enabled(params: Params) -> bool:
@@ -179,7 +187,7 @@ def experiment_id(client: MlflowClient, name: str, project: Path) -> str:
     try:
         return client.create_experiment(
             name,
-            artifact_location=(project / "mlruns").as_uri(),
+            artifact_location=(store_root(project) / "mlruns").as_uri(),
             tags={EXPERIMENT_KIND: MODEL_TRAINING},
         )
     except MlflowException:  # another stage created it first
@@ -219,7 +227,9 @@ def close_dead_runs(client: MlflowClient, experiment: str, running: list[Any] | 
 
 
 def _lock(project: Path) -> FileLock:
-    state = project / ".pets"
+    # The store's lock, not the copy's: queued experiments run side by side (`-j N`), each in
+    # its own copy, all writing to the project's mlflow.db.
+    state = store_root(project) / ".pets"
     state.mkdir(exist_ok=True)
     return FileLock(state / "tracking.lock", timeout=300)
 
@@ -373,6 +383,9 @@ def _find_or_create_parent(
             _remember_parent(project, key, found.run_id)
         return found.run_id
     tool = key.split("-")[0]
+    experiment_run = experiment_tags()
+    if "dvc.exp_name" in experiment_run:  # `dvc exp <name> <time>`: one per experiment
+        tool = f"dvc exp {experiment_run['dvc.exp_name']}"
     name = f"{tool} {time.strftime('%Y-%m-%d %H:%M:%S')}"
     run = client.create_run(
         experiment,
@@ -381,6 +394,7 @@ def _find_or_create_parent(
             "pets.pipeline": key,
             "pets.kind": "pipeline",
             **process_tags(pipeline_pid(), os.environ.get(PIPELINE_HOST_ENV)),
+            **experiment_run,
         },
     )
     tracker = MlflowTracker(client, run.info.run_id)
@@ -454,6 +468,7 @@ def stage_run(
         tags["pets.model"] = stage.split("@", 1)[1]
     tags.update(process_tags(os.getpid()))
     tags.update(lineage_tags(project, params))
+    tags.update(experiment_tags())
     tags.update(file_tags("input", inputs or [], project))
     with _lock(project):
         experiment = experiment_id(client, params.tracking.experiment, project)
