@@ -15,7 +15,7 @@ from torch import nn
 from pets.config import shown
 from pets.errors import PetsError
 from pets.files import atomic_path, not_regular, write_json
-from pets.model import create_body, create_cnn
+from pets.model import model_from_state
 from pets.modelspec import ModelSpec
 
 SPEC_FORMAT = "pets.export/1"
@@ -104,9 +104,8 @@ def load_exported_files(spec_path: Path, weights: Path) -> tuple[nn.Module, Mode
     except (OSError, ValueError, SafetensorError) as exc:
         raise PetsError(f"{weights}: cannot be read ({shown(str(exc))})") from None
     spec.check_weights(state, str(weights))
-    model = create_cnn(create_body(spec.arch, "none", str(spec_path)), len(spec.classes))
     try:
-        model.load_state_dict(state)
+        model = model_from_state(spec.arch, len(spec.classes), state, str(spec_path))
     except RuntimeError as exc:
         raise PetsError(
             f"{weights}: does not fit {spec.arch} with "

@@ -22,7 +22,7 @@ from pets.config import Params, stage_params
 from pets.data import DeviceCanvases, Loader, load_subsets, stream_seed
 from pets.errors import PetsError
 from pets.files import md5_file, write_csv, write_json
-from pets.model import create_body, create_cnn, freeze, unfreeze
+from pets.model import create_body, create_cnn, freeze, model_from_state, unfreeze
 from pets.modelspec import ModelRecord, ModelSpec
 from pets.tracking import Tracker
 from pets.train import (
@@ -298,10 +298,8 @@ def rebuild_model(spec: ModelSpec, state: dict[str, torch.Tensor], source: str) 
     """The model a spec describes, with its weights (nothing is downloaded); `source` starts
     every error line (`key: path`)."""
     spec.check_weights(state, source)
-    body = create_body(spec.arch, "none", source)
-    model = create_cnn(body, len(spec.classes))
     try:
-        model.load_state_dict(state)
+        model = model_from_state(spec.arch, len(spec.classes), state, source)
     except RuntimeError as exc:
         first = str(exc).splitlines()[1].strip() if "\n" in str(exc) else str(exc)
         raise PetsError(
