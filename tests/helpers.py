@@ -124,17 +124,12 @@ def run_script(project: Path, stage: str, *args: str) -> subprocess.CompletedPro
     )
 
 
-def write_export(folder: Path, classes: list[str], seed: int = 0) -> Path:
-    """An export folder: resnet18 with the lesson's head for `classes` at size 48, seeded
-    random weights (for tests where what is served matters, not how good it is)."""
-    import torch
-
-    from pets.export import SPEC_FORMAT, save_weights
-    from pets.model import create_body, create_cnn
+def export_spec(classes: list[str]) -> dict:
+    """A model.json for resnet18 with the lesson's head for `classes` at size 48."""
+    from pets.export import SPEC_FORMAT
     from pets.transforms import IMAGENET_MEAN, IMAGENET_STD
 
-    torch.manual_seed(seed)
-    spec = {
+    return {
         "format": SPEC_FORMAT,
         "arch": "resnet18",
         "classes": list(classes),
@@ -146,5 +141,31 @@ def write_export(folder: Path, classes: list[str], seed: int = 0) -> Path:
         "weights": "none",
         "split": "6",
     }
-    save_weights(create_cnn(create_body("resnet18", "none"), len(classes)), spec, folder)
+
+
+def write_export(folder: Path, classes: list[str], seed: int = 0) -> Path:
+    """An export folder: `export_spec(classes)` with seeded random weights (for tests where
+    what is served matters, not how good it is)."""
+    import torch
+
+    from pets.export import save_weights
+    from pets.model import create_body, create_cnn
+
+    torch.manual_seed(seed)
+    model = create_cnn(create_body("resnet18", "none"), len(classes))
+    save_weights(model, export_spec(classes), folder)
     return folder
+
+
+def first_address(process: subprocess.Popen, seconds: float, pattern: str = r"\S*") -> str | None:
+    """The http://127.0.0.1:PORT/... address on the first line a server `process` prints
+    (`pattern` for what follows the port's slash), or None if none comes within `seconds`."""
+    import re
+    import threading
+
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.append(process.stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(seconds)
+    found = re.search(rf"(http://127\.0\.0\.1:\d+/{pattern})", lines[0] if lines else "")
+    return found.group(1) if found else None

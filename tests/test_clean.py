@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import signal
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +19,7 @@ from pets.files import write_csv
 from pets.interpret import predictions_table
 from pets.synthetic import make_pets
 from tests.browser import DevTools
-from tests.helpers import SMALL_SIZES, tool_env
+from tests.helpers import SMALL_SIZES, first_address, tool_env
 
 CLASSES = ["Abyssinian", "Bengal", "Birman"]
 PETS = [sys.executable, "-m", "pets.cli"]
@@ -64,13 +62,9 @@ def cleaner(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         text=True,
         env=tool_env(),
     )
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.append(process.stdout.readline()), daemon=True)
-    reader.start()
-    reader.join(120)
-    found = re.search(r"(http://127\.0\.0\.1:\d+/)", lines[0] if lines else "")
-    assert found, f"no address; stderr: {log.read_text()[-3000:]}"
-    yield found.group(1), project
+    address = first_address(process, 120, "")
+    assert address, f"no address; stderr: {log.read_text()[-3000:]}"
+    yield address, project
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=60) == 0, log.read_text()[-3000:]
 

@@ -19,6 +19,7 @@ from pets.model import (
     create_head,
     freeze,
     layer_groups,
+    model_from_state,
     unfreeze,
 )
 
@@ -185,3 +186,25 @@ def test_weights_files_that_are_not_state_dicts(tmp_path: Path) -> None:
     os.mkfifo(tmp_path / "fifo.pth")
     with pytest.raises(PetsError, match="is a FIFO \\(named pipe\\), not a state_dict file"):
         create_body("resnet18", str(tmp_path / "fifo.pth"))
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "timm:tf_efficientnet_lite0"])
+def test_a_model_from_saved_weights_is_the_model_they_were_copied_into(arch: str) -> None:
+    torch.manual_seed(0)
+    saved = create_cnn(create_body(arch, "none"), 3)
+    # channels_last, as a training stage saves a conv body: the rebuilt copy is contiguous
+    saved = saved.to(memory_format=torch.channels_last).eval()
+    state = saved.state_dict()
+    copied = create_cnn(create_body(arch, "none"), 3)
+    copied.load_state_dict(state)
+    rebuilt = model_from_state(arch, 3, state).eval()
+    tensors = [*rebuilt.parameters(), *rebuilt.buffers()]
+    assert not any(t.is_meta for t in tensors)
+    copied_tensors = [*copied.parameters(), *copied.buffers()]
+    assert [t.stride() for t in tensors] == [t.stride() for t in copied_tensors]
+    assert all(p.requires_grad and isinstance(p, nn.Parameter) for p in rebuilt.parameters())
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(rebuilt(images), copied.eval()(images))
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        model_from_state(arch, 5, state)

@@ -10,26 +10,14 @@ import pytest
 import torch
 
 from pets.errors import PetsError
-from pets.export import PROGRAM, SPEC_FORMAT, load_program, save_weights, to_program
+from pets.export import PROGRAM, load_program, save_weights, to_program
 from pets.model import create_body, create_cnn
 from pets.modelspec import ModelSpec
 from pets.predict import Predictor
 from pets.synthetic import make_pets
-from pets.transforms import IMAGENET_MEAN, IMAGENET_STD
-from tests.helpers import SMALL_SIZES
+from tests.helpers import SMALL_SIZES, export_spec
 
-SPEC = {
-    "format": SPEC_FORMAT,
-    "arch": "resnet18",
-    "classes": ["Abyssinian", "Bengal", "Birman"],
-    "size": 48,
-    "presize": 64,
-    "mean": list(IMAGENET_MEAN),
-    "std": list(IMAGENET_STD),
-    "head": {"features": 512, "hidden": 512, "dropout": [0.25, 0.5]},
-    "weights": "none",
-    "split": "6",
-}
+SPEC = export_spec(["Abyssinian", "Bengal", "Birman"])
 
 
 @pytest.fixture(scope="module")

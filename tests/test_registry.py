@@ -23,7 +23,7 @@ from pets.files import md5_file
 from pets.registry import dvc_cache_file, log_exported
 from pets.synthetic import make_pets
 from pets.tracking import EXPERIMENT_KIND, MODEL_TRAINING, client_for, experiment_id
-from tests.helpers import SMALL_SIZES, tool_env, write_export
+from tests.helpers import SMALL_SIZES, first_address, tool_env, write_export
 
 CLASSES = ["Abyssinian", "Bengal", "Birman"]
 
@@ -267,9 +267,7 @@ def test_pets_ui_opens_on_the_runs_with_their_data_set(
     snakemade: Path, chromium: str, tmp_path: Path
 ) -> None:
     import asyncio
-    import re
     import signal
-    import threading
 
     from tests.browser import DevTools
 
@@ -285,14 +283,10 @@ def test_pets_ui_opens_on_the_runs_with_their_data_set(
         text=True,
         env=tool_env(),
     )
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.append(ui.stdout.readline()), daemon=True)
-    reader.start()
-    reader.join(180)
+    address = first_address(ui, 180, r"\S+")
     try:
-        found = re.search(r"(http://127\.0\.0\.1:\d+/\S+)", lines[0] if lines else "")
-        assert found, (tmp_path / "ui.log").read_text()[-3000:]
-        assert found.group(1).endswith("?workflowType=machine_learning")
+        assert address, (tmp_path / "ui.log").read_text()[-3000:]
+        assert address.endswith("?workflowType=machine_learning")
 
         async def drive() -> tuple[str, str]:
             async with DevTools(chromium, tmp_path / "profile", timeout=120) as page:
@@ -303,7 +297,7 @@ def test_pets_ui_opens_on_the_runs_with_their_data_set(
                     deviceScaleFactor=1,
                     mobile=False,
                 )
-                await page.open(found.group(1))
+                await page.open(address)
                 await page.wait_for("document.body.innerText.includes('snakemake 20')")
                 parent_only = await page.evaluate("document.body.innerText")
                 assert await page.evaluate(EXPAND_PARENT)
@@ -321,7 +315,9 @@ def test_pets_ui_opens_on_the_runs_with_their_data_set(
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
 
 
-def test_pets_ui_refuses_in_one_line(tmp_path: Path) -> None:
+def test_pets_ui_refuses_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # this project's store, not one set
+
     def ui(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "pets.cli", "--project", str(project), "ui", *args],

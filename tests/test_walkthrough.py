@@ -12,7 +12,6 @@ import re
 import shlex
 import signal
 import subprocess
-import threading
 from pathlib import Path
 
 import pytest
@@ -27,6 +26,7 @@ from tests.helpers import (
     REPO,
     SMALL_SIZES,
     TINY,
+    first_address,
     make_project,
     merge,
     read_params,
@@ -77,16 +77,12 @@ def _clean(project: Path, command: str, chromium: str, profile: Path) -> str:
         text=True,
         env=tool_env(),
     )
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.append(process.stdout.readline()), daemon=True)
-    reader.start()
-    reader.join(120)
-    found = re.search(r"(http://127\.0\.0\.1:\d+/)", lines[0] if lines else "")
-    assert found, f"no address: {lines}"
+    address = first_address(process, 120, "")
+    assert address, "pets clean printed no address"
 
     async def drive() -> str:
         async with DevTools(chromium, profile) as page:
-            await page.open(found.group(1))
+            await page.open(address)
             await page.wait_for("document.body.dataset.ready === '1'")
             first = await page.evaluate(
                 """(() => { const c = document.querySelector('.card');

@@ -54,27 +54,17 @@ def runs_table(project: Path, every: bool = False, limit: int = 50) -> pd.DataFr
     import mlflow
     import pandas as pd
 
-    from pets.tracking import client_for, tracking_uri
+    from pets.tracking import client_for, mlflow_uri, tracking_uri
 
     client_for(project)  # quiets MLflow's logging
     experiment = load_params(project / "params.yaml").tracking.experiment
-    # set_tracking_uri also sets $MLFLOW_TRACKING_URI, which child processes would inherit:
-    # put both back afterwards.
-    before, variable = mlflow.get_tracking_uri(), os.environ.get("MLFLOW_TRACKING_URI")
-    mlflow.set_tracking_uri(tracking_uri(project))
-    try:
+    with mlflow_uri(tracking_uri(project)):
         found = mlflow.search_runs(
             experiment_names=[experiment],
             filter_string="tags.`pets.kind` = 'stage'",
             order_by=["attributes.start_time DESC"],
             max_results=5000,
         )
-    finally:
-        mlflow.set_tracking_uri(before)
-        if variable is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = variable
     if found.empty:
         return pd.DataFrame()
     if not every:

@@ -81,9 +81,10 @@ def start(compute: Compute) -> Compute:
 
 def stop() -> None:
     """Leave the process group, if any."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
+    # A process that never imported torch.distributed has no group; importing it to ask
+    # would cost a stage that does not use torch (report, interpret, ...) 2 s.
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
 

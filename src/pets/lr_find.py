@@ -9,17 +9,17 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-import torch.nn.functional as F
-from torch import nn
 
-from pets import distributed
-from pets.compute import Compute
 from pets.errors import PetsError
-from pets.train import SmoothedLoss, adamw, data_parallel, param_groups
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from pets.compute import Compute
 
 SUGGESTIONS = ("valley", "minimum", "steep", "slide")
 # What `finetune.lr: auto` reads, and why: fastai's default since 2.3 (valley replaced
@@ -29,6 +29,18 @@ AUTO_WHY = (
     "fastai's default: the middle of the longest stretch where the loss keeps falling, clear of "
     "both the flat start (too low to learn) and the rise (divergence)"
 )
+
+
+def spread_lr(lr: float | list[float], groups: int = 3) -> list[float]:
+    """One learning rate per layer group: a number for every group; `[x]` is the lesson's
+    `slice(x)` (x/10 on the body groups, x on the head); `[low, high]` is `slice(low, high)`,
+    spaced geometrically."""
+    if not isinstance(lr, list):
+        return [float(lr)] * groups
+    if len(lr) == 1:
+        return [lr[0] / 10] * (groups - 1) + [float(lr[0])]
+    low, high = lr
+    return [low * (high / low) ** (i / (groups - 1)) for i in range(groups)]
 
 
 def sweep(
@@ -46,6 +58,12 @@ def sweep(
     """Train for up to `num_it` batches with lr = start * (end/start)^(i/num_it) on every layer
     group; returns lr, loss and smoothed loss per batch. The caller's model is changed: reload
     it afterwards if it is used again (fastai restores it for you)."""
+    # Here, not at the top: the report reads the suggestions' helpers without torch (1.9 s).
+    import torch.nn.functional as F
+
+    from pets import distributed
+    from pets.train import SmoothedLoss, adamw, data_parallel, param_groups
+
     cuda = compute.device.type == "cuda"
     optimizer = adamw(param_groups(model, split, [start_lr] * 3, wd), fused=cuda)
     scaler = compute.grad_scaler()  # fp16: as in training (a pass-through otherwise)
@@ -174,8 +192,6 @@ def finetune_lr(setting: float | list[float] | str, suggestions: Path) -> float 
 def auto_note(found: dict[str, dict[str, float]], used: list[float] | None) -> str:
     """One sentence for the report: which suggestion `finetune.lr: auto` takes and why, and
     whether the finetune stage's learning rates (`used`, per layer group) came from it."""
-    from pets.train import spread_lr
-
     auto = spread_lr(auto_lr(found))
     shown = ", ".join(f"{x:.1e}" for x in auto)
     note = (

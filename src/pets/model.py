@@ -269,11 +269,13 @@ def model_from_state(
     """`create_cnn` of `arch` for `classes` holding `state` (a saved state_dict), on the CPU;
     RuntimeError (torch's) when the tensors do not fit; `key` as `create_body` takes it."""
     # Built on the meta device, then handed the saved tensors: initialising a resnet50 at random
-    # only to overwrite it costs 1.5 s of CPU. Contiguous copies, so that inference runs the
-    # same kernels, to the last digit, as a model the tensors were copied into.
+    # only to overwrite it costs 1.5 s of CPU. Fresh row-major copies (not `.contiguous()`,
+    # which keeps a channels_last 1x1 conv's strides): the kernels then run, to the last digit,
+    # as on a model the tensors were copied into.
     with torch.device("meta"):
         model = create_cnn(create_body(arch, "none", key), classes)
-    model.load_state_dict({k: v.contiguous() for k, v in state.items()}, assign=True)
+    fresh = {k: v.clone(memory_format=torch.contiguous_format) for k, v in state.items()}
+    model.load_state_dict(fresh, assign=True)
     tensors = [*model.parameters(), *model.buffers()]
     if any(tensor.is_meta for tensor in tensors):  # a buffer no state_dict holds
         model = create_cnn(create_body(arch, "none", key), classes)

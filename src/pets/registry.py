@@ -126,6 +126,8 @@ def log_exported(
     import pandas as pd
     from mlflow.exceptions import MlflowException
 
+    from pets.tracking import mlflow_uri
+
     _no_progress_bars()
     md5 = md5_file(folder / WEIGHTS)
     artifacts = {"spec": str(folder / SPEC)}
@@ -139,33 +141,34 @@ def log_exported(
         if folder.resolve().is_relative_to(project.resolve())
         else str(folder.resolve()),
     }
-    mlflow.set_tracking_uri(client.tracking_uri)
-    info = mlflow.models.Model.log(
-        artifact_path=None,
-        name=ARTIFACT,
-        flavor=mlflow.pyfunc,
-        run_id=run_id,
-        python_model=str(MODEL_CODE),
-        artifacts=artifacts,
-        model_config=config,
-        signature=signature(),
-        input_example=pd.DataFrame({"image": [example]}),
-        pip_requirements=requirements(),
-    )
-    try:
-        client.create_registered_model(
-            name, description="pets: the lesson's exported breed classifier"
+    with mlflow_uri(client.tracking_uri):
+        info = mlflow.models.Model.log(
+            artifact_path=None,
+            name=ARTIFACT,
+            flavor=mlflow.pyfunc,
+            run_id=run_id,
+            python_model=str(MODEL_CODE),
+            artifacts=artifacts,
+            model_config=config,
+            signature=signature(),
+            input_example=pd.DataFrame({"image": [example]}),
+            pip_requirements=requirements(),
         )
-    except MlflowException as exc:
-        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
-            raise
-    version = client.create_model_version(
-        name,
-        source=info.model_uri,
-        run_id=run_id,
-        tags={**tags, "weights.md5": md5, "weights.copied": str(copy_weights).lower()},
-        model_id=info.model_id,
-    )
+        # The registry resolves the version's models:/ source through MLflow's global URI too.
+        try:
+            client.create_registered_model(
+                name, description="pets: the lesson's exported breed classifier"
+            )
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        version = client.create_model_version(
+            name,
+            source=info.model_uri,
+            run_id=run_id,
+            tags={**tags, "weights.md5": md5, "weights.copied": str(copy_weights).lower()},
+            model_id=info.model_id,
+        )
     return str(version.version)
 
 

@@ -155,6 +155,23 @@ def tracking_uri(project: Path) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{store_root(project) / 'mlflow.db'}"
 
 
+@contextlib.contextmanager
+def mlflow_uri(uri: str) -> Iterator[None]:
+    """MLflow's fluent API (`mlflow.search_runs`, `Model.log`) pointed at `uri` for the block;
+    `$MLFLOW_TRACKING_URI` put back afterwards (`set_tracking_uri` also sets it, for child
+    processes: a server started later, or the next test, would inherit this store)."""
+    import mlflow
+
+    variable = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(None)  # nothing in pets sets it otherwise; None unsets it
+        if variable is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = variable
+
+
 def enabled(params: Params) -> bool:
     """Whether stages log to MLflow: `tracking.enabled`, unless `PETS_TRACKING=0` is set."""
     return params.tracking.enabled and os.environ.get("PETS_TRACKING", "1") != "0"
@@ -434,10 +451,12 @@ def _log_dataset(
     context = "training" if stage.split("@")[0] in TRAINING_STAGES else "evaluation"
     with CLOCK.count("logging"):
         # The parent trains on it whichever of its stages logs it first.
+        made: dict[str, Any] = {}  # one input per context: a training stage's serves both
         for run_id, used in zip(runs, (context, "training"), strict=True):
             if run_id:
-                found = dataset_input(project, params.data.url, split_md5, used)
-                client.log_inputs(run_id, datasets=[found])
+                if used not in made:
+                    made[used] = dataset_input(project, params.data.url, split_md5, used)
+                client.log_inputs(run_id, datasets=[made[used]])
 
 
 @contextlib.contextmanager

@@ -30,24 +30,13 @@ from pets import distributed
 from pets.compute import Compute
 from pets.errors import PetsError
 from pets.files import atomic_path
+from pets.lr_find import spread_lr
 from pets.model import layer_groups, norm_parameters
 
 CHECKPOINT_FORMAT = "pets.checkpoint/1"
 # What torch's schedulers say when an fp16 step was skipped (gradients overflowed).
 SKIPPED_STEP_WARNING = "Detected call of `lr_scheduler.step()` before `optimizer.step()`"
 SMOOTHING = 0.98  # fastai's smoothed training loss: a debiased exponential moving average
-
-
-def spread_lr(lr: float | list[float], groups: int = 3) -> list[float]:
-    """One learning rate per layer group: a number for every group; `[x]` is the lesson's
-    `slice(x)` (x/10 on the body groups, x on the head); `[low, high]` is `slice(low, high)`,
-    spaced geometrically."""
-    if not isinstance(lr, list):
-        return [float(lr)] * groups
-    if len(lr) == 1:
-        return [lr[0] / 10] * (groups - 1) + [float(lr[0])]
-    low, high = lr
-    return [low * (high / low) ** (i / (groups - 1)) for i in range(groups)]
 
 
 def param_groups(model: nn.Sequential, split: str, lrs: list[float], wd: float) -> list[dict]:
