@@ -22,6 +22,7 @@ from pets.config import Params, stage_params
 from pets.data import DeviceCanvases, Loader, load_subsets, stream_seed
 from pets.errors import PetsError
 from pets.files import md5_file, write_csv, write_json
+from pets.lr_find import spread_lr
 from pets.model import create_body, create_cnn, freeze, model_from_state, unfreeze
 from pets.modelspec import ModelRecord, ModelSpec
 from pets.tracking import Tracker
@@ -34,7 +35,6 @@ from pets.train import (
     load_resume,
     save_checkpoint,
     save_resume,
-    spread_lr,
 )
 
 HIDDEN, DROPOUT = 512, (0.25, 0.5)

@@ -276,8 +276,9 @@ def model_from_state(
         model = create_cnn(create_body(arch, "none", key), classes)
     fresh = {k: v.clone(memory_format=torch.contiguous_format) for k, v in state.items()}
     model.load_state_dict(fresh, assign=True)
-    tensors = [*model.parameters(), *model.buffers()]
-    if any(tensor.is_meta for tensor in tensors):  # a buffer no state_dict holds
+    if any(
+        t.is_meta for t in [*model.parameters(), *model.buffers()]
+    ):  # a buffer no state_dict holds
         model = create_cnn(create_body(arch, "none", key), classes)
         model.load_state_dict(state)
     return model
