@@ -3,8 +3,10 @@ beside each other with one line naming who holds the project, and no lock outliv
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -158,6 +160,24 @@ def _start(project: Path, *command: str) -> subprocess.Popen[str]:
     )
 
 
+def _pause_a_job(project: Path) -> int:
+    """Stop (SIGSTOP) a stage process of the snakemake run in `project` as soon as one holds
+    the project; returns its pid."""
+    records = project / ".pets" / "stages"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        for record in records.glob("*") if records.is_dir() else []:
+            with contextlib.suppress(OSError, ValueError):
+                if record.read_text().startswith("snakemake (stage"):
+                    pid = int(record.name)
+                    os.kill(pid, signal.SIGSTOP)
+                    # A job that ended just before the signal is a zombie, not stopped.
+                    if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T":
+                        return pid
+        time.sleep(0.01)
+    raise AssertionError("timed out waiting for a job of snakemake to start")
+
+
 def _error_lines(done: subprocess.CompletedProcess[str]) -> list[str]:
     return [line for line in (done.stdout + done.stderr).splitlines() if "error" in line.lower()]
 
@@ -201,9 +221,13 @@ def test_dvc_and_stages_refuse_to_run_beside_snakemake(
         assert all(path.exists() for path in leftovers)
         run_tool(project, "dvc", "config", "core.hardlink_lock", "true")
     running = _start(project, "snakemake", "--cores", "2", "--forcerun", "interpret")
+    paused = None
     try:
         lock = project / ".pets" / "pipeline.lock"
         _wait_for(lambda: lock.exists() and f"pid {running.pid}," in lock.read_text(), "snakemake")
+        # One of snakemake's jobs is stopped while the checks run, so the run is still under
+        # way when each of them starts, however fast or slow this machine is.
+        paused = _pause_a_job(project)
         second = run_tool(project, "snakemake", "--cores", "1", "--forcerun", "report", check=False)
         assert second.returncode != 0
         assert _error_lines(second) == [
@@ -213,11 +237,12 @@ def test_dvc_and_stages_refuse_to_run_beside_snakemake(
         by_hand = run_tool(project, sys.executable, "workflow/scripts/report.py", check=False)
         assert by_hand.returncode == 1
         assert by_hand.stderr.strip().startswith(f"report: error: snakemake (pid {running.pid},")
-        # Last: with hardlink_lock DVC retries for seconds before it gives up.
-        assert running.poll() is None, "snakemake ended before the checks; make it run longer"
+        assert running.poll() is None
         dvc = run_tool(project, "dvc", "repro", check=False)
         assert dvc.returncode != 0 and "Unable to acquire lock" in dvc.stdout + dvc.stderr
     finally:
+        if paused is not None:
+            os.kill(paused, signal.SIGCONT)
         output = running.communicate(timeout=600)[0]
     assert running.returncode == 0, output[-3000:]
     if nfs:  # the leftovers and snakemake's own NFS lock are gone

@@ -13,7 +13,9 @@ DVC's `core.hardlink_lock` (for NFS) DVC's lock is a file that exists only while
 then takes it through DVC's own lock class, which removes it when the run ends.
 
 After a snakemake run (successful or not), the stages it finished are recorded in dvc.lock as
-`dvc commit` does, so `dvc repro` sees them as up to date."""
+`dvc commit` does, so `dvc repro` sees them as up to date. The commit runs while snakemake still
+holds DVC's lock (the committing process is told it holds it on snakemake's behalf): letting go
+first would let a `dvc repro` in, and the commit would then fail."""
 
 from __future__ import annotations
 
@@ -241,8 +243,8 @@ class ProjectHold:
             raise refused
         self.handles.append(handle)
 
-    def release_dvc(self) -> None:
-        """Let go of DVC's lock (to run `dvc commit`), keeping the project's."""
+    def release(self) -> None:
+        """Let go of both locks."""
         if self.dvc_lock is not None:
             try:
                 self.dvc_lock.unlock()  # removes the file: in NFS mode its existence is the lock
@@ -251,13 +253,6 @@ class ProjectHold:
                 # after a clean unlock the file may already be another DVC's lock.
                 (self.project / ".dvc" / "tmp" / "lock").unlink(missing_ok=True)
             self.dvc_lock = None
-        for handle in self.handles[1:]:
-            handle.close()
-        del self.handles[1:]
-
-    def release(self) -> None:
-        """Let go of both locks."""
-        self.release_dvc()
         for handle in self.handles:
             handle.close()
         self.handles.clear()
@@ -284,9 +279,8 @@ def commit_finished(project: Path, hold: ProjectHold) -> list[str]:
     if not path.exists():
         return []
     stages = sorted(set(path.read_text().split()))
-    hold.release_dvc()
     done = subprocess.run(
-        [sys.executable, "-m", "pets.pipeline", "commit", "inputs", *stages],
+        [sys.executable, "-m", "pets.pipeline", "commit", "--held", "inputs", *stages],
         cwd=project,
         capture_output=True,
         text=True,
@@ -309,23 +303,34 @@ def _stores_uncached(stage: Any) -> bool:
     return any(not out.use_cache for out in stage.outs if not (out.is_metric or out.is_plot))
 
 
-def commit_stages(project: Path, targets: list[str]) -> None:
+def commit_stages(project: Path, targets: list[str], held: bool = False) -> None:
     """`dvc commit --force targets`, except that a stage with outputs DVC does not store stays
     out of DVC's run cache, as `dvc repro` leaves it out: `dvc commit` would put a copy of
     those outputs (the extracted data set, the pixel cache: gigabytes on Pets) in `.dvc/cache`
-    (dvc/stage/cache.py stores a run's uncached outputs with it)."""
+    (dvc/stage/cache.py stores a run's uncached outputs with it). `held`: the caller (a
+    snakemake run) holds DVC's repository lock for this commit."""
+    from dvc.lock import LockNoop
     from dvc.repo import Repo, lock_repo
 
-    with Repo(str(project)) as repo, lock_repo(repo):
-        for target in targets:
-            for info in repo.stage.collect_granular(target):
-                stage = info.stage
-                stage.save(run_cache=not _stores_uncached(stage))
-                stage.commit(filter_info=info.filter_info)
-                stage.dump(update_pipeline=False)
+    with Repo(str(project)) as repo:
+        if held:  # taking it again would fail: the lock is the caller's, kept for us
+            repo.lock = LockNoop()
+        with lock_repo(repo):
+            _commit(repo, targets)
 
 
-if __name__ == "__main__":  # `python -m pets.pipeline commit STAGE...`: what commit_finished runs
+def _commit(repo: Any, targets: list[str]) -> None:
+    # dvc/repo/commit.py's loop, forced, with the run cache kept as `dvc repro` keeps it.
+    for target in targets:
+        for info in repo.stage.collect_granular(target):
+            stage = info.stage
+            stage.save(run_cache=not _stores_uncached(stage))
+            stage.commit(filter_info=info.filter_info)
+            stage.dump(update_pipeline=False)
+
+
+if __name__ == "__main__":  # `python -m pets.pipeline commit [--held] STAGE...`: commit_finished
     if sys.argv[1:2] != ["commit"]:
-        sys.exit("usage: python -m pets.pipeline commit STAGE...")
-    commit_stages(Path.cwd(), sys.argv[2:])
+        sys.exit("usage: python -m pets.pipeline commit [--held] STAGE...")
+    held = sys.argv[2:3] == ["--held"]
+    commit_stages(Path.cwd(), sys.argv[2 + held :], held=held)
