@@ -132,6 +132,8 @@ def test_flock_mode_leftovers_are_cleared_and_held_locks_kept(tmp_path: Path) ->
         nfs.unlock()
     (tmp_path / "lock").write_text("not a pid\n")
     assert pipeline.clear_flock_leftovers(tmp_path) == []
+    (tmp_path / "lock").write_text("")  # what a flock-mode snakemake run leaves: no pid
+    assert pipeline.clear_flock_leftovers(tmp_path) == ["lock"]
 
 
 def _copy(snakemade: Path, tmp_path: Path) -> Path:
@@ -142,9 +144,11 @@ def _copy(snakemade: Path, tmp_path: Path) -> Path:
     return project
 
 
-def _wait_for(condition, what: str, seconds: float = 180) -> None:
+def _wait_for(condition, what: str, process: subprocess.Popen[str], seconds: float = 180) -> None:
     deadline = time.monotonic() + seconds
     while not condition():
+        if process.poll() is not None:
+            raise AssertionError(f"{what}: it ended first:\n{process.stdout.read()[-3000:]}")
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.05)
 
@@ -160,6 +164,14 @@ def _start(project: Path, *command: str) -> subprocess.Popen[str]:
     )
 
 
+def _state(pid: int) -> str:
+    """A process's state letter (R, S, T stopped, Z zombie), or '' once it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return ""
+
+
 def _pause_a_job(project: Path) -> int:
     """Stop (SIGSTOP) a stage process of the snakemake run in `project` as soon as one holds
     the project; returns its pid."""
@@ -171,8 +183,10 @@ def _pause_a_job(project: Path) -> int:
                 if record.read_text().startswith("snakemake (stage"):
                     pid = int(record.name)
                     os.kill(pid, signal.SIGSTOP)
-                    # A job that ended just before the signal is a zombie, not stopped.
-                    if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T":
+                    # The signal lands a moment later; a job that ended first never stops.
+                    while _state(pid) not in ("T", "Z", ""):
+                        time.sleep(0.001)
+                    if _state(pid) == "T":
                         return pid
         time.sleep(0.01)
     raise AssertionError("timed out waiting for a job of snakemake to start")
@@ -188,7 +202,7 @@ def test_snakemake_refuses_to_start_beside_dvc_repro(snakemade: Path, tmp_path: 
     running = _start(project, "dvc", "repro", "--single-item", "--force", "train_frozen")
     try:
         records = project / ".pets" / "stages"
-        _wait_for(lambda: records.is_dir() and any(records.iterdir()), "the stage to start")
+        _wait_for(lambda: records.is_dir() and any(records.iterdir()), "dvc repro", running)
         second = run_tool(project, "snakemake", "--cores", "1", "--forcerun", "report", check=False)
         assert second.returncode != 0
         assert _error_lines(second) == [
@@ -224,7 +238,11 @@ def test_dvc_and_stages_refuse_to_run_beside_snakemake(
     paused = None
     try:
         lock = project / ".pets" / "pipeline.lock"
-        _wait_for(lambda: lock.exists() and f"pid {running.pid}," in lock.read_text(), "snakemake")
+        _wait_for(
+            lambda: lock.exists() and f"pid {running.pid}," in lock.read_text(),
+            "snakemake",
+            running,
+        )
         # One of snakemake's jobs is stopped while the checks run, so the run is still under
         # way when each of them starts, however fast or slow this machine is.
         paused = _pause_a_job(project)

@@ -171,8 +171,9 @@ def clear_flock_leftovers(tmp: Path) -> list[str]:
         path = tmp / name
         try:
             # A held NFS lock is a hard link to its holder's claim file (2 links), with the
-            # claim's name in it; a flock-mode file has one link and a pid.
-            if path.stat().st_nlink != 1 or not re.fullmatch(r" ?\d+\n?", path.read_text()):
+            # claim's name in it; a flock-mode file has one link and a pid, or nothing (the
+            # lock snakemake itself held in flock mode: it writes no pid).
+            if path.stat().st_nlink != 1 or not re.fullmatch(r"( ?\d+)?\n?", path.read_text()):
                 continue
             with open(path, "a") as handle:
                 if fcntl is not None and not _lock(handle, fcntl.LOCK_EX):
