@@ -24,6 +24,8 @@ from pets.processes import (
 )
 from pets.stage import resolve
 from pets.stages import specs
+from pets.recorder import wait_recorded
+from pets.tracking import prepare
 
 PROJECT = Path(workflow.basedir)
 if config:
@@ -74,8 +76,6 @@ def outputs(spec):
 
 
 onstart:
-    from pets.tracking import prepare
-
     try:  # one pipeline at a time: a second snakemake or a dvc repro stops at once
         HOLD.take()
     except PetsError as error:
@@ -87,11 +87,13 @@ onsuccess:
     commit_finished(
         PROJECT, HOLD
     )  # so `dvc repro` sees what was built as up to date
+    wait_recorded(PROJECT)  # every stage's run is in MLflow once snakemake ends
     HOLD.release()
 
 
 onerror:
     commit_finished(PROJECT, HOLD)  # the stages that finished are kept for DVC too
+    wait_recorded(PROJECT)
     HOLD.release()
 
 

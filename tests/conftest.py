@@ -13,6 +13,14 @@ from tests.helpers import TINY, make_project, run_tool, small_pets
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def own_tracking_store(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test's projects record to their own `mlflow.db`: `mlflow.set_tracking_uri` (which
+    some tests call) sets `$MLFLOW_TRACKING_URI` for the rest of the process, and the stages
+    a later test starts would inherit it; taken away here, and after the test."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
 @pytest.fixture(scope="session")
 def pets_tgz(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A Pets-layout archive: oxford-iiit-pet/images/<Breed>_<n>.jpg, 4 breeds x 6 photos."""

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -111,6 +112,16 @@ def run_tool(
             f"{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
         )
     return done
+
+
+def mlflow_client(project: Path) -> Any:
+    """An MLflow client on the project's store once the recorder has written the run of every
+    stage that ended (stages write journals; pets.recorder turns them into runs)."""
+    from pets.recorder import wait_recorded
+    from pets.tracking import client_for
+
+    assert wait_recorded(project, 120), "the recorder did not write the runs within 120 s"
+    return client_for(project)
 
 
 def run_script(project: Path, stage: str, *args: str) -> subprocess.CompletedProcess[str]:

@@ -19,6 +19,7 @@ from pets import experiments
 from pets.config import load_params
 from pets.experiments import borrow, borrowed_paths, experiment_tags, origin
 from pets.files import md5_file
+from pets.recorder import wait_recorded
 from pets.stages import specs
 from pets.tracking import store_root, tracking_uri
 from tests.helpers import REPO, merge, read_params, run_tool, write_params
@@ -147,6 +148,7 @@ def test_borrow_copies_across_file_systems(tmp_path: Path) -> None:
 
 def _runs(project: Path) -> list[tuple[str, str, str | None, str | None]]:
     """(run id, name, dvc.exp_name, pets.kind) of every run in the project's store."""
+    assert wait_recorded(project, 120)
     with sqlite3.connect(project / "mlflow.db") as db:
         return db.execute(
             "select r.run_uuid, r.name, n.value, k.value from runs r"

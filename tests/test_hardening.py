@@ -12,12 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from mlflow.tracking import MlflowClient
 
 from pets.errors import PetsError
 from pets.files import atomic_path, write_json
 from pets.train import load_checkpoint
-from tests.helpers import REPO, run_script, tool_env
+from tests.helpers import REPO, mlflow_client, run_script, tool_env
 
 pytestmark = pytest.mark.dag
 
@@ -34,7 +33,7 @@ def test_atomic_outputs_appear_only_when_complete(tmp_path: Path) -> None:
 
 
 def _runs(project: Path) -> dict[str, str]:
-    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    client = mlflow_client(project)
     experiment = client.get_experiment_by_name("pets")
     return {r.info.run_name: r.info.status for r in client.search_runs([experiment.experiment_id])}
 
@@ -58,11 +57,9 @@ def test_killed_stages_are_marked_and_the_next_run_starts_clean(project) -> None
         training.send_signal(sig)
         code = training.wait(timeout=120)
         assert code == (-9 if sig == signal.SIGKILL else 130)
-        if sig == signal.SIGKILL:  # it could not say so itself: the next stage does
-            assert _runs(root)["train_frozen"] == "RUNNING"
-            assert run_script(root, "preview").returncode == 0
+        # A killed stage cannot say so itself: the recorder sees its journal end unclosed.
         assert _runs(root)["train_frozen"] == status
-        client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+        client = mlflow_client(root)
         for run in client.search_runs([client.get_experiment_by_name("pets").experiment_id]):
             client.delete_run(run.info.run_id)
     assert not (root / "models" / "stage-1.pth").exists()

@@ -13,7 +13,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from mlflow.tracking import MlflowClient
 
 from pets.cache import build_cache
 from pets.compute import Compute
@@ -25,6 +24,7 @@ from pets.synthetic import make_pets
 from pets.tracking import stage_run
 from pets.train import Best, EpochRow, evaluate, fit_one_cycle, kept_epoch, load_resume, save_resume
 from tests import tinyfit
+from tests.helpers import mlflow_client
 
 CPU = Compute(torch.device("cpu"))
 
@@ -181,7 +181,7 @@ def test_a_stage_keeps_its_best_epoch_not_its_last(tmp_path: Path, capsys, monke
     valid_loss, error_rate = evaluate(learner.model, learner.valid, learner.compute)
     assert valid_loss == pytest.approx(kept["valid_loss"], rel=1e-5)
     assert error_rate == kept["error_rate"]
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = mlflow_client(tmp_path)
     (run,) = client.search_runs([client.get_experiment_by_name("keep").experiment_id])
     assert run.data.metrics["kept_epoch"] == 0
     assert run.data.metrics["final_valid_loss"] == pytest.approx(kept["valid_loss"])

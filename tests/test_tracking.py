@@ -9,11 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from mlflow.tracking import MlflowClient
 
 from pets.cli import runs_table
 from pets.files import md5_file
-from tests.helpers import TINY, make_project, run_script, run_tool
+from tests.helpers import TINY, make_project, mlflow_client, run_script, run_tool
 
 pytestmark = pytest.mark.dag
 STAGES = {
@@ -35,7 +34,7 @@ STAGES = {
 
 
 def _runs(project: Path) -> list:
-    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    client = mlflow_client(project)
     experiment = client.get_experiment_by_name("pets")
     return client.search_runs([experiment.experiment_id]) if experiment else []
 
@@ -78,9 +77,7 @@ def test_lineage_answers_which_params_data_and_code(snakemade: Path) -> None:
     assert tags["seed"] == "2"
     assert train.data.params["train_frozen.arch"] == "resnet34"
     assert train.data.params["augment.max_rotate"] == "10.0"
-    history = MlflowClient(f"sqlite:///{snakemade / 'mlflow.db'}").get_metric_history(
-        train.info.run_id, "valid_loss"
-    )
+    history = mlflow_client(snakemade).get_metric_history(train.info.run_id, "valid_loss")
     assert [m.step for m in history] == [0]  # one per epoch, at its step
     interpret = children["interpret@stage-2"]
     assert interpret.data.tags["pets.model"] == "stage-2"
@@ -152,7 +149,7 @@ def test_four_stages_logging_at_once_lose_nothing(tmp_path: Path) -> None:
         for _ in range(4)
     ]
     assert [w.wait(timeout=300) for w in writers] == [0, 0, 0, 0]
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = mlflow_client(tmp_path)
     runs = client.search_runs([client.get_experiment_by_name("load").experiment_id])
     stages = [r for r in runs if r.data.tags.get("pets.kind") == "stage"]
     assert len(stages) == 4 and len(runs) == 5  # one shared parent

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from mlflow.tracking import MlflowClient
 
 from pets.files import md5_file
 from pets.synthetic import make_pets
@@ -29,6 +28,7 @@ from tests.helpers import (
     first_address,
     make_project,
     merge,
+    mlflow_client,
     read_params,
     run_tool,
     tool_env,
@@ -135,7 +135,7 @@ def test_the_readme_walkthrough_runs_as_written(tmp_path: Path, chromium: str) -
     assert quality["images_used"] == 24 and quality["skipped_count"] == 0  # no junk counted
     assert "1 labels corrected" in (project / "reports" / "index.html").read_text()
 
-    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    client = mlflow_client(project)
     experiment = client.get_experiment_by_name(read_params(project)["tracking"]["experiment"])
     labels_runs = client.search_runs(
         [experiment.experiment_id],

@@ -54,8 +54,10 @@ def runs_table(project: Path, every: bool = False, limit: int = 50) -> pd.DataFr
     import mlflow
     import pandas as pd
 
+    from pets.recorder import wait_recorded
     from pets.tracking import client_for, mlflow_uri, tracking_uri
 
+    wait_recorded(project)  # the runs of stages that just ended
     client_for(project)  # quiets MLflow's logging
     experiment = load_params(project / "params.yaml").tracking.experiment
     with mlflow_uri(tracking_uri(project)):

@@ -10,7 +10,6 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any
 
 from pets.archive import redact_url
 from pets.paths import CLASSES, MANIFEST, SPLIT
@@ -49,11 +48,9 @@ def split_profile(split: Path, classes: Path) -> dict[str, int]:
     return {"photos": train + valid, "train": train, "valid": valid, "classes": count}
 
 
-def dataset_input(project: Path, url: str, split_md5: str, context: str) -> Any:
-    """The MLflow `DatasetInput` for the project's split (made by the labels stage), `context`
-    being what the run did with it (training, evaluation)."""
-    from mlflow.entities import Dataset, DatasetInput, InputTag
-
+def dataset_fields(project: Path, url: str, split_md5: str) -> dict[str, str]:
+    """The project's split (made by the labels stage) as the fields of an MLflow `Dataset`:
+    name, digest, source, schema and profile."""
     archive_md5 = ""
     with contextlib.suppress(OSError, ValueError, AttributeError):
         archive_md5 = str(json.loads((project / MANIFEST).read_text()).get("md5") or "")
@@ -66,12 +63,11 @@ def dataset_input(project: Path, url: str, split_md5: str, context: str) -> Any:
         "archive_md5": archive_md5,
         "split_md5": split_md5,
     }
-    dataset = Dataset(
-        name=dataset_name(url),
-        digest=digest,
-        source_type="http" if remote else "local",
-        source=json.dumps(source),
-        schema=json.dumps({"mlflow_colspec": SPLIT_COLUMNS}),
-        profile=json.dumps(profile),
-    )
-    return DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)])
+    return {
+        "name": dataset_name(url),
+        "digest": digest,
+        "source_type": "http" if remote else "local",
+        "source": json.dumps(source),
+        "schema": json.dumps({"mlflow_colspec": SPLIT_COLUMNS}),
+        "profile": json.dumps(profile),
+    }

@@ -23,8 +23,6 @@ if TYPE_CHECKING:
     import numpy as np
     from mlflow.tracking import MlflowClient
 
-    from pets.tracking import Tracker
-
 MODEL_CODE = Path(__file__).with_name("registry_model.py")
 
 
@@ -114,13 +112,15 @@ def log_exported(
     folder: Path,
     project: Path,
     *,
+    export: Path | None = None,
     name: str,
     copy_weights: bool,
     example: bytes,
     tags: dict[str, str],
 ) -> str:
-    """Log the export `folder` as an MLflow model of run `run_id` and register it as a new
-    version of `name` with `tags`; returns the version."""
+    """Log the export in `folder` (its spec and weights; `export`: the project's export folder
+    it was, when `folder` is a copy) as an MLflow model of run `run_id` and register it as a
+    new version of `name` with `tags`; returns the version."""
     import mlflow
     import mlflow.pyfunc
     import pandas as pd
@@ -133,13 +133,14 @@ def log_exported(
     artifacts = {"spec": str(folder / SPEC)}
     if copy_weights:
         artifacts["weights"] = str(folder / WEIGHTS)
+    where = (export or folder).resolve()
     config = {
         "weights_md5": md5,
         "spec_md5": md5_file(folder / SPEC),
         "project": str(project.resolve()),
-        "export": str(folder.resolve().relative_to(project.resolve()))
-        if folder.resolve().is_relative_to(project.resolve())
-        else str(folder.resolve()),
+        "export": str(where.relative_to(project.resolve()))
+        if where.is_relative_to(project.resolve())
+        else str(where),
     }
     with mlflow_uri(client.tracking_uri):
         info = mlflow.models.Model.log(
@@ -170,29 +171,6 @@ def log_exported(
             model_id=info.model_id,
         )
     return str(version.version)
-
-
-def register_export(tracker: Tracker, folder: Path, example: bytes) -> str | None:
-    """Log and register the export `folder` in the stage's MLflow run with the run's lineage
-    tags (`example`: one photo's bytes); the version, or None when tracking is off."""
-    from pets.timings import CLOCK
-    from pets.tracking import MlflowTracker
-
-    if not isinstance(tracker, MlflowTracker) or tracker.project is None or not tracker.params:
-        return None
-    with CLOCK.count("logging"):
-        opened = tracker.client.get_run(tracker.run_id).data.tags
-        tags = {key: opened[key] for key in LINEAGE if key in opened}
-        return log_exported(
-            tracker.client,
-            tracker.run_id,
-            folder,
-            tracker.project,
-            name=tracker.params.tracking.model_name,
-            copy_weights=tracker.params.tracking.log_models,
-            example=example,
-            tags={**tags, "pets.run": tracker.run_id},
-        )
 
 
 def load_registered(uri: str) -> tuple[Any, Any]:

@@ -33,8 +33,10 @@ def runs_address(base: str, experiment_id: str) -> str:
 
 def project_experiment(project: Path) -> tuple[str, str]:
     """The project's tracking URI and the id of its experiment (one line if none yet)."""
+    from pets.recorder import wait_recorded
     from pets.tracking import client_for, tracking_uri
 
+    wait_recorded(project)  # the runs of stages that just ended
     name = load_params(project / "params.yaml").tracking.experiment
     uri = tracking_uri(project)
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():

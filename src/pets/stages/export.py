@@ -98,6 +98,7 @@ def main(
         ONNX,
         PROGRAM,
         TORCHSCRIPT,
+        WEIGHTS,
         load_exported,
         run_onnx,
         run_program,
@@ -109,9 +110,9 @@ def main(
         to_torchscript,
         trace,
     )
+    from pets.export import SPEC as SPEC_FILE
     from pets.files import atomic_path, write_json
     from pets.learner import load_trained_model
-    from pets.registry import register_export
     from pets.tracking import Tracker
 
     tracker = tracker or Tracker()
@@ -168,11 +169,9 @@ def main(
         print(f"{name}: max |logit difference| {value:.2e} on {len(images)} validation photos")
     tracker.log_metrics({f"export_max_abs_{name}": value for name, value in differences.items()})
     tracker.log_artifact(checks)
-    version = None
-    if tracker.run_id is not None:  # tracked: the export becomes a registered model version
-        version = register_export(tracker, out, example_photo(split, classes, cache))
-    if version is not None:
-        print(f"registered as MLflow model {params.tracking.model_name!r} version {version}")
+    if tracker.tracked:  # the export becomes a new version of the project's registered model
+        tracker.register_model(out, [SPEC_FILE, WEIGHTS], example_photo(split, classes, cache))
+        print(f"registered as a new version of MLflow model {params.tracking.model_name!r}")
 
 
 SPEC = StageSpec(
