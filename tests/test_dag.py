@@ -166,7 +166,7 @@ def test_a_param_change_reruns_only_what_reads_it(snakemade: Path) -> None:
         ({"finetune": {"epochs": 2}}, {"finetune": 1, **one_model}),
         ({"lr_find": {"num_it": 14}}, {"lr_find": 1, "finetune": 1, **one_model}),
         ({"train_resnet50": {"lr": 1.0e-3}}, {"train_resnet50": 1, **one_model, "export": 1}),
-        ({"export": {"onnx": False}}, {"export": 1}),
+        ({"export": {"onnx": True}}, {"export": 1}),
         ({"interpret": {"min_val": 3}}, {"interpret": 3, "report": 1}),
         ({"report": {"flips_shown": 5}}, {"report": 1}),
         ({"get_preds": {"bs": 2}}, ALL),

@@ -67,7 +67,7 @@ def test_dvc_reruns_exactly_what_a_change_touches(committed: Path) -> None:
             {"interpret": {"k": 3}},
             {"interpret@stage-1", "interpret@stage-2", "interpret@resnet50", "report"},
         ),
-        ({"export": {"onnx": False}}, {"export"}),
+        ({"export": {"onnx": True}}, {"export"}),
         ({"tracking": {"enabled": True}}, set()),
         ({"launch": {"processes": 2}}, set()),
     ]

@@ -358,7 +358,9 @@ class ExportParams(Section):
     torchscript: bool = Field(
         False, description="also write model.torchscript.pt (torch.jit.trace, deprecated)"
     )
-    onnx: bool = Field(True, description="also write model.onnx")
+    # Off unless asked for: converting resnet50 costs the stage about 8 s of its 19 on a CPU
+    # (the exporter traces the program again), on every rerun.
+    onnx: bool = Field(False, description="also write model.onnx (onnxruntime, other languages)")
     tolerance: float = Field(1e-3, gt=0, le=1e3, description="largest |logit difference| allowed")
     # An exporter's numerical differences show on every photo: a few suffice, and each copy
     # runs them all (resnet50 at 320 on a CPU: a fraction of a second per photo and copy).
