@@ -238,6 +238,7 @@ def ours(args: argparse.Namespace, files: dict[str, Path], work: Path, seed: int
         "suggestions": {name: point["lr"] for name, point in found.items()},
         "first_smoothed_loss": float(curve["smoothed_loss"].iloc[0]),
         "first_losses": curve["smoothed_loss"].head(5).tolist(),
+        "curve": {"lr": curve["lr"].tolist(), "smoothed_loss": curve["smoothed_loss"].tolist()},
     }
     return result
 

@@ -187,6 +187,11 @@ def main() -> None:
             "suggestions": found._asdict(),
             "first_smoothed_loss": float(learn.recorder.losses[0]),
             "first_losses": [float(x) for x in learn.recorder.losses[:5]],
+            # The whole smoothed curve, to lay beside pets' reports/lr_find.csv.
+            "curve": {
+                "lr": [float(x) for x in learn.recorder.lrs],
+                "smoothed_loss": [float(x) for x in learn.recorder.losses],
+            },
         }
         if args.finetune_lr == "auto":
             low, high = found.valley / 100, found.valley
