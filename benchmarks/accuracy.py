@@ -16,6 +16,11 @@ losses; writes benchmarks/results/accuracy.json.
     python benchmarks/accuracy.py --data PHOTOS --weights lite0.pth \\
         --arch timm:tf_efficientnet_lite0 --fastai-python /path/to/fastai-venv/bin/python
 
+`--paired` adds a third side, fastai@pets: fastai's lr_find and finetune started from each
+seed's project stage-1 model (weights and the momentum its fit ended at), finetuned at the
+project's learning rates, so the unfrozen phase and lr_find are compared on the very same model
+(the seeds' own frozen fits differ by more than the two libraries do).
+
 `--quick`: generated photos, tiny sizes, `weights: none` (CI; fastai only when its python is
 given). `--labels key=value` sets the labels section (e.g. `method=folder folder=`).
 """
@@ -243,8 +248,20 @@ def ours(args: argparse.Namespace, files: dict[str, Path], work: Path, seed: int
     return result
 
 
-def fastai(args: argparse.Namespace, files: dict[str, Path], dataset: Path, seed: int) -> dict:
-    """fastai 2.8's run of the same recipe for one seed, in its own environment."""
+PAIRED = "fastai@pets"  # fastai's lr_find and finetune on the project's stage-1 model
+
+
+def fastai(
+    args: argparse.Namespace,
+    files: dict[str, Path],
+    dataset: Path,
+    seed: int,
+    init: Path | None = None,
+    finetune_lr: list[float] | None = None,
+) -> dict:
+    """fastai 2.8's run of the same recipe for one seed, in its own environment; with `init`,
+    from the project's stage-1 checkpoint (no frozen fit of its own), and `finetune_lr` in
+    place of `--finetune-lr`."""
     import torch
 
     saved = torch.load(files["checkpoint"], map_location="cpu", weights_only=True)
@@ -257,21 +274,26 @@ def fastai(args: argparse.Namespace, files: dict[str, Path], dataset: Path, seed
         *("--epochs", args.epochs, "--lr", args.lr, "--num-it", args.num_it),
         *("--finetune-epochs", args.finetune_epochs, "--seed", seed),
         "--finetune-lr",
-        "auto" if args.finetune_lr == "auto" else ",".join(map(str, args.finetune_lr)),
+        ",".join(map(str, finetune_lr or []))
+        or ("auto" if args.finetune_lr == "auto" else ",".join(map(str, args.finetune_lr))),
         "--mean",
         *saved["mean"],
         "--std",
         *saved["std"],
         "--split-at",
         saved["split"],
+        *(["--init", init] if init else []),
     ]
     output = run([str(part) for part in command], REPO)
     line = next(x for x in output.splitlines() if x.startswith("RESULT "))
     return json.loads(line.removeprefix("RESULT "))
 
 
-def spread(values: list[float]) -> str:
-    """`mean ± sd` (sd over the seeds; 0 with one seed)."""
+def spread(values: list[float | None]) -> str:
+    """`mean ± sd` (sd over the seeds; 0 with one seed) of the values there are."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return ""
     sd = statistics.stdev(values) if len(values) > 1 else 0.0
     return f"{statistics.mean(values):.4f} ± {sd:.4f}"
 
@@ -284,6 +306,7 @@ def table(runs: dict[str, list[dict]]) -> list[dict[str, object]]:
             epochs = [s for r in results for s in r[stage]["epoch_seconds"][1:]] or [
                 s for r in results for s in r[stage]["epoch_seconds"]
             ]
+            # PAIRED's train_frozen is fastai validating the project's model: no epochs.
             rows.append(
                 {
                     "side": side,
@@ -291,7 +314,7 @@ def table(runs: dict[str, list[dict]]) -> list[dict[str, object]]:
                     "error_rate": spread([r[stage]["error_rate"] for r in results]),
                     "valid_loss": spread([r[stage]["valid_loss"] for r in results]),
                     "train_loss": spread([r[stage]["train_loss"] for r in results]),
-                    "s/epoch": statistics.median(epochs),
+                    "s/epoch": statistics.median(epochs) if epochs else "",
                     "errors": " ".join(f"{r[stage]['error_rate']:.3f}" for r in results),
                 }
             )
@@ -340,6 +363,25 @@ def verdict(runs: dict[str, list[dict]]) -> list[str]:
     far = any(not 0.1 <= r <= 10 for r in ratios)
     shown = " ".join(f"{r:.2g}" for r in ratios)
     lines.append(f"valley pets/fastai per seed: {shown}: {'OUTSIDE 10x' if far else 'ok'}")
+    if PAIRED in runs:  # the same stage-1 model on both sides, finetuned at the same lr
+        pairs = list(zip(runs["pets"], runs[PAIRED], strict=True))
+        ratios = [
+            o["lr_find"]["suggestions"]["valley"] / t["lr_find"]["suggestions"]["valley"]
+            for o, t in pairs
+        ]
+        far = any(not 0.1 <= r <= 10 for r in ratios)
+        shown = " ".join(f"{r:.2g}" for r in ratios)
+        lines.append(
+            f"valley pets/fastai on the same stage-1 model: {shown}: "
+            f"{'OUTSIDE 10x' if far else 'ok'}"
+        )
+        for measure in ("error_rate", "valid_loss"):
+            gaps = [o["finetune"][measure] - t["finetune"][measure] for o, t in pairs]
+            se = statistics.stdev(gaps) / len(gaps) ** 0.5 if len(gaps) > 1 else 0.0
+            lines.append(
+                f"finetune {measure} pets - fastai, same stage-1 and lr: "
+                f"{statistics.mean(gaps):+.4f} (standard error {se:.4f})"
+            )
     return lines
 
 
@@ -382,6 +424,12 @@ def main() -> None:
     parser.add_argument("--name", default="accuracy", help="results file name")
     parser.add_argument("--quick", action="store_true", help="generated photos, tiny (CI)")
     parser.add_argument("--keep", type=Path, help="work in this (new) folder and keep it")
+    parser.add_argument(
+        "--paired",
+        action="store_true",
+        help="also run fastai's lr_find and finetune from each seed's project stage-1 model, at "
+        "the project's finetune lr: the same model and lr on both sides",
+    )
     args = parser.parse_args()
     if args.finetune_lr != "auto":
         args.finetune_lr = [float(x) for x in args.finetune_lr.split(",")]
@@ -410,6 +458,13 @@ def main() -> None:
             for seed in args.seeds:
                 runs["fastai"].append(fastai(args, files, dataset, seed))
                 print(f"fastai seed {seed}: {json.dumps(runs['fastai'][-1])}", flush=True)
+            if args.paired:
+                runs[PAIRED] = []
+                for seed, ours_run in zip(args.seeds, runs["pets"], strict=True):
+                    init = work / f"ours-{seed}" / "train_frozen.pth"
+                    lr = ours_run["finetune"]["lr"]  # per layer group: low, middle, high
+                    runs[PAIRED].append(fastai(args, files, dataset, seed, init, [lr[0], lr[-1]]))
+                    print(f"{PAIRED} seed {seed}: {json.dumps(runs[PAIRED][-1])}", flush=True)
         split = (work / "split.csv").read_text().splitlines()
         extra = {
             "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},

@@ -10,7 +10,8 @@ project's three layer groups (`--split-at`: fastai's own splitter gives a timm m
 geometric middle); `fit_one_cycle(epochs,
 slice(lr))` frozen; `unfreeze(); lr_find(valley, minimum, steep, slide)` (fastai restores the
 model afterwards); `fit_one_cycle(finetune_epochs, slice(low, high))` unfrozen, where `auto` is
-slice(valley/100, valley) of its own lr_find. Prints one `RESULT {json}` line."""
+slice(valley/100, valley) of its own lr_find. With `--init`, the project's stage-1 model (and
+the momentum its fit ended at) replaces fastai's frozen fit. Prints one `RESULT {json}` line."""
 
 from __future__ import annotations
 
@@ -133,6 +134,25 @@ def build(args: argparse.Namespace):
     return learn
 
 
+def load_project_model(learn, checkpoint: Path) -> None:
+    """The project's trained model (`--init`: its stage-1 checkpoint) in place of fastai's:
+    every tensor by order (the two build the same body and head), and the momentum its
+    schedule ended at, which fastai's optimizer would hold after its own fit (`unfreeze()`
+    then clears the moment averages, and keeps that)."""
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    ours, theirs = saved["model"], learn.model.state_dict()
+    if len(ours) != len(theirs):
+        raise SystemExit(f"{checkpoint}: {len(ours)} tensors for {len(theirs)} in fastai's model")
+    for (mine, tensor), (their, held) in zip(ours.items(), theirs.items(), strict=True):
+        if tensor.shape != held.shape:
+            raise SystemExit(f"{checkpoint}: {mine} does not fit fastai's {their}")
+    learn.model.load_state_dict(dict(zip(theirs, ours.values(), strict=True)))
+    if learn.opt is None:
+        learn.create_opt()
+    if saved.get("momentum") is not None:
+        learn.opt.set_hyper("mom", saved["momentum"])
+
+
 def fit(learn, epochs: int, lr: slice) -> dict:
     """One `fit_one_cycle` with the epoch table's last row and each epoch's seconds."""
     timer = EpochTimer()
@@ -167,6 +187,12 @@ def arguments() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=2)
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--split-at", default="", help="where the second layer group starts")
+    parser.add_argument(
+        "--init",
+        type=Path,
+        help="start from the project's stage-1 checkpoint (weights and momentum) in "
+        "place of fastai's own frozen fit: lr_find and finetune on the very same model",
+    )
     return parser
 
 
@@ -178,7 +204,17 @@ def main() -> None:
     learn = build(args)
     out = {}
     with learn.no_bar(), learn.no_logging():
-        out["train_frozen"] = fit(learn, args.epochs, slice(args.lr))
+        if args.init:
+            load_project_model(learn, args.init)
+            valid_loss, error = learn.validate()[:2]  # the project's model, fastai's pipeline
+            out["train_frozen"] = {
+                "error_rate": float(error),
+                "valid_loss": float(valid_loss),
+                "train_loss": None,  # no fit of its own
+                "epoch_seconds": [],
+            }
+        else:
+            out["train_frozen"] = fit(learn, args.epochs, slice(args.lr))
         learn.unfreeze()
         found = learn.lr_find(
             num_it=args.num_it, show_plot=False, suggest_funcs=(valley, minimum, steep, slide)

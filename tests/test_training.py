@@ -176,6 +176,56 @@ def test_finetune_lr_find_and_resnet50_chain(photos, tmp_path: Path) -> None:
     assert json.loads((tmp_path / "r50.json").read_text())["epochs"] == 2
 
 
+@pytest.mark.slow
+def test_lr_find_sweeps_at_the_momentum_stage1_ended_at(photos, lite0, tmp_path) -> None:
+    """fastai's `unfreeze()` clears the optimizer's averages and keeps its hyperparameters, so
+    the lesson's lr_find sweeps at the momentum stage-1's one-cycle schedule ended at (not
+    Adam's 0.9), and finetune's own schedule sets every momentum it uses."""
+    _train(photos, tmp_path, arch="timm:tf_efficientnet_lite0", weights=str(lite0), epochs=1)
+    saved = load_checkpoint(tmp_path / "m.pth")
+    # The last batch's momentum, on its way back up to 0.95: fastai's schedule gives 0.9414 at
+    # batch 7 of 7 (0.85 + 0.1 * (1 - cos(pi * (6/7 - 0.25) / 0.75)) / 2).
+    assert saved["momentum"] == pytest.approx(0.9414, abs=1e-4)
+    bare = tmp_path / "bare.pth"  # the same stage-1 as written before the momentum was kept
+    torch.save({k: v for k, v in saved.items() if k != "momentum"}, bare)
+    params = parse_params(
+        {"lr_find": {"bs": 8, "num_it": 12}, "finetune": {"bs": 8, "epochs": 1, "lr": [1e-4]}}
+    )
+    results = {}
+    for checkpoint in (tmp_path / "m.pth", bare):
+        out = tmp_path / checkpoint.stem
+        out.mkdir()
+        _script("lr_find").main(
+            params,
+            checkpoint=checkpoint,
+            **photos,
+            curve=out / "lr.csv",
+            figure=out / "lr.png",
+            suggestions=out / "lr.json",
+            threads=2,
+        )
+        _script("finetune").main(
+            params,
+            checkpoint=checkpoint,
+            lr_find=out / "lr.json",
+            **photos,
+            model=out / "s2.pth",
+            metrics=out / "s2.json",
+            history=out / "s2.csv",
+            model_info=out / "s2-info.json",
+            threads=2,
+        )
+        results[checkpoint.stem] = (
+            pd.read_csv(out / "lr.csv")["loss"],
+            json.loads((out / "s2.json").read_text()),
+        )
+    (kept, kept_finetune), (adams, adams_finetune) = results["m"], results["bare"]
+    assert kept.iloc[0] == adams.iloc[0]  # the same model sees the same first batch
+    assert not kept.iloc[1:].equals(adams.iloc[1:])  # then steps at another momentum
+    assert kept_finetune == adams_finetune  # a fit's schedule sets its own momentum
+    assert load_checkpoint(tmp_path / "m" / "s2.pth")["momentum"] == pytest.approx(0.9414, abs=1e-4)
+
+
 def test_bad_training_inputs(photos, tmp_path: Path) -> None:
     with pytest.raises(PetsError, match="train_frozen.bs: 500 is more than the 58 training"):
         _train(photos, tmp_path, weights="none", arch="resnet18", bs=500)

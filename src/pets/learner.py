@@ -29,6 +29,7 @@ from pets.tracking import Tracker
 from pets.train import (
     Best,
     EpochRow,
+    Momentum,
     fit_guarded,
     fit_one_cycle,
     load_checkpoint,
@@ -55,6 +56,7 @@ class Learner:
     fits: list[list[float]] = field(default_factory=list)  # lr per layer group of each fit here
     seed: int = 0  # params.seed: each fit's batches and dropout masks draw from it (`fit_stream`)
     best: Best | None = None  # `keep: best`: the best epoch of every fit so far, with weights
+    momentum: Momentum = field(default_factory=Momentum)  # where the last fit's schedule ended
 
     @property
     def split(self) -> str:
@@ -144,6 +146,7 @@ class Learner:
                 checkpoint=partial(save_resume, resume, fingerprint) if resumable else None,
                 best=self.best if keep == "best" else None,
                 first_epoch=step_offset,
+                momentum=self.momentum,
             ),
             key,
             self.train.bs,
@@ -312,12 +315,22 @@ def rebuild_model(spec: ModelSpec, state: dict[str, torch.Tensor], source: str) 
 def read_checkpoint(checkpoint: Path, key: str) -> tuple[ModelRecord, dict[str, torch.Tensor]]:
     """A training checkpoint's record (validated: one line naming the file and field when it
     is wrong) and its state_dict."""
+    record, state, _ = _read_training_checkpoint(checkpoint, key)
+    return record, state
+
+
+def _read_training_checkpoint(
+    checkpoint: Path, key: str
+) -> tuple[ModelRecord, dict[str, torch.Tensor], Momentum]:
     saved = load_checkpoint(checkpoint, key)
-    header = {name: value for name, value in saved.items() if name not in ("model", "format")}
+    header = {k: v for k, v in saved.items() if k not in ("model", "format", "momentum")}
     state = saved.get("model")
     if not isinstance(state, dict):
         raise PetsError(f"{key}: {checkpoint}: model: must be a state_dict")
-    return ModelRecord.parse(header, f"{key}: {checkpoint}"), state
+    momentum = saved.get("momentum")  # absent from checkpoints written before it was kept
+    if momentum is not None and not (isinstance(momentum, float) and 0 <= momentum < 1):
+        raise PetsError(f"{key}: {checkpoint}: momentum: must be a number in [0, 1)")
+    return ModelRecord.parse(header, f"{key}: {checkpoint}"), state, Momentum(momentum)
 
 
 def load_trained_model(checkpoint: Path, key: str) -> tuple[nn.Sequential, ModelRecord]:
@@ -340,7 +353,7 @@ def load_learner(
 ) -> Learner:
     """The model saved at `checkpoint`, fed at the size it was trained at; with `train=False`
     only the validation loader is built (inference)."""
-    record, state = read_checkpoint(checkpoint, key)
+    record, state, momentum = _read_training_checkpoint(checkpoint, key)
     # What the model is; the learning rates of earlier fits are not carried into this one.
     spec = record.spec
     compute = start_compute(params, key)
@@ -380,6 +393,7 @@ def load_learner(
         fingerprint,
         record.frozen,
         seed=params.seed,
+        momentum=momentum,
     )
 
 
@@ -431,7 +445,7 @@ def write_outputs(
         table["kept"] = table["epoch"] == kept.epoch
     write_csv(history_path, table)
     record = learner.record(len(history))
-    save_checkpoint(model_path, learner.model, record.to_dict())
+    save_checkpoint(model_path, learner.model, record.to_dict(), learner.momentum.value)
     write_json(info_path, record.to_dict())
     write_json(metrics_path, metrics)
     _clear_resume(model_path)

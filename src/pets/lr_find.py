@@ -54,10 +54,12 @@ def sweep(
     num_it: int,
     stop_div: bool,
     wd: float = 0.01,
+    momentum: float | None = None,
 ) -> pd.DataFrame:
     """Train for up to `num_it` batches with lr = start * (end/start)^(i/num_it) on every layer
     group; returns lr, loss and smoothed loss per batch. The caller's model is changed: reload
-    it afterwards if it is used again (fastai restores it for you)."""
+    it afterwards if it is used again (fastai restores it for you). `momentum`: AdamW's beta1,
+    by default the one the model's last fit ended at (`pets.train.Momentum`), else Adam's 0.9."""
     # Here, not at the top: the report reads the suggestions' helpers without torch (1.9 s).
     import torch.nn.functional as F
 
@@ -66,6 +68,9 @@ def sweep(
 
     cuda = compute.device.type == "cuda"
     optimizer = adamw(param_groups(model, split, [start_lr] * 3, wd), fused=cuda)
+    if momentum is not None:
+        for group in optimizer.param_groups:
+            group["betas"] = (momentum, group["betas"][1])
     scaler = compute.grad_scaler()  # fp16: as in training (a pass-through otherwise)
     smoothed, best = SmoothedLoss(), math.inf
     rows = []

@@ -86,6 +86,16 @@ def adamw(groups: list[dict], fused: bool = False) -> torch.optim.AdamW:
 
 
 @dataclass
+class Momentum:
+    """The momentum (AdamW's beta1) a one-cycle fit ended at. fastai's `unfreeze()` clears its
+    optimizer's moment averages but keeps its hyperparameters, so the lesson's `lr_find()`
+    sweeps at the momentum stage-1's schedule left (about 0.95), not at Adam's default 0.9;
+    fitting resets it (the schedule sets it every batch)."""
+
+    value: float | None = None
+
+
+@dataclass
 class SmoothedLoss:
     """fastai's smoothed training loss (EMA with beta 0.98, debiased)."""
 
@@ -303,6 +313,7 @@ def fit_one_cycle(
     checkpoint: Callable[[dict], None] | None = None,
     best: Best | None = None,
     first_epoch: int = 0,
+    momentum: Momentum | None = None,
 ) -> list[EpochRow]:
     """The lesson's `fit_one_cycle(epochs, lr)`: prints the epoch table as it goes and returns
     it; `compile_model` runs the model through `torch.compile`. `checkpoint` receives the full
@@ -310,7 +321,9 @@ def fit_one_cycle(
     loading it into the model, optimizer, scheduler and gradient scaler). With `best` (`keep:
     best`, possibly carrying an earlier fit's best) the fit updates it after each epoch and ends
     with the best epoch's weights in `model`. The epochs are numbered from `first_epoch` in the
-    printed table and in `best` (the returned rows count from 0)."""
+    printed table and in `best` (the returned rows count from 0). `momentum` gets the beta1
+    the schedule ended at. Every fit starts with a new optimizer, as each of fastai's does after
+    `freeze()` or `unfreeze()` (both clear its state)."""
     lrs = spread_lr(lr)
     optimizer = adamw(param_groups(model, split, lrs, wd), fused=compute.device.type == "cuda")
     scheduler = one_cycle(optimizer, epochs * len(train_loader))
@@ -362,6 +375,8 @@ def fit_one_cycle(
         print(row.line(first_epoch) + (BETTER if marked else ""), flush=True)
         if on_epoch:
             on_epoch(row)
+    if momentum is not None:
+        momentum.value = float(optimizer.param_groups[0]["betas"][0])
     if state.best is not None and state.best.state is not None:
         # fastai's SaveModelCallback loads the best model once the fit ends: so does this.
         model.load_state_dict(state.best.state)
@@ -437,11 +452,17 @@ def fit_guarded(fit: Callable[[], list[EpochRow]], key: str, bs: int, size: int)
         ) from None
 
 
-def save_checkpoint(path: Path, model: nn.Module, info: dict[str, Any]) -> None:
-    """Weights plus what rebuilding the model needs (arch, classes, size, normalisation), as a
-    plain dict that `torch.load(weights_only=True)` reads back."""
+def save_checkpoint(
+    path: Path, model: nn.Module, info: dict[str, Any], momentum: float | None = None
+) -> None:
+    """Weights plus what rebuilding the model needs (arch, classes, size, normalisation) and
+    the momentum its last fit ended at (`Momentum`), as a plain dict that
+    `torch.load(weights_only=True)` reads back."""
+    payload = {"format": CHECKPOINT_FORMAT, **info, "model": model.state_dict()}
+    if momentum is not None:
+        payload["momentum"] = momentum
     with atomic_path(path) as tmp:
-        torch.save({"format": CHECKPOINT_FORMAT, **info, "model": model.state_dict()}, tmp)
+        torch.save(payload, tmp)
 
 
 def load_checkpoint(path: Path, key: str = "checkpoint") -> dict[str, Any]:

@@ -63,6 +63,7 @@ def main(
             end_lr=cfg.end_lr,
             num_it=cfg.num_it,
             stop_div=cfg.stop_div,
+            momentum=learner.momentum.value,
         )
     found = suggest(table, cfg.num_it)
     if not distributed.is_main():  # one set of outputs, from process 0
