@@ -1,7 +1,14 @@
-"""Shared fixtures: tiny generated data sets, their archives, and temporary project copies."""
+"""Shared fixtures: tiny generated data sets, their archives, and temporary project copies.
+
+The tests run on every core with pytest-xdist (`pytest -n auto --dist loadgroup`, as the README
+and .ci/run do). Each worker is its own pytest session: session and module fixtures are made
+once per worker that needs them, in that worker's own temporary folder, so no worker sees
+another's files. A module fixture too costly to make twice (a whole-DAG run) keeps its tests on
+one worker with `@pytest.mark.xdist_group`; `--dist loadgroup` honours that."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -11,6 +18,15 @@ from tests.browser import find_chromium
 from tests.helpers import TINY, make_project, run_tool, small_pets
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """`-n auto`: one worker per CPU this process may use (xdist would count physical cores,
+    one on a VM whose two CPUs are hyperthreads), at most 8: each worker holds torch and may
+    run a whole DAG of its own, and the dag half has few tests that long."""
+    affinity = getattr(os, "sched_getaffinity", None)  # Linux; elsewhere every CPU
+    cpus = len(affinity(0)) if affinity else os.cpu_count()
+    return max(1, min(cpus or 1, 8))
 
 
 @pytest.fixture(autouse=True)

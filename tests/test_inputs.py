@@ -78,6 +78,11 @@ def _dvc_changed(project: Path) -> set[str]:
     return set(status) - {"inputs"}
 
 
+# The tests on `own_files` share one xdist worker (`--dist loadgroup`), so its whole-DAG
+# snakemake run is made once, not once per worker.
+ON_OWN_FILES = pytest.mark.xdist_group("own_files")
+
+
 @pytest.fixture(scope="module")
 def own_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A project on the user's own files: a local archive, a label CSV kept in the project,
@@ -121,6 +126,7 @@ def _check(project: Path, change, undo, planned: dict[str, int], changed: set[st
     assert _dvc_changed(project) == set()
 
 
+@ON_OWN_FILES
 def test_the_users_own_files_are_tracked_by_content(own_files: Path, tmp_path: Path) -> None:
     project = own_files
     archive = Path(read_params(project)["data"]["url"])
@@ -152,6 +158,7 @@ def test_the_users_own_files_are_tracked_by_content(own_files: Path, tmp_path: P
     )
 
 
+@ON_OWN_FILES
 def test_a_label_function_is_tracked_by_its_module(own_files: Path) -> None:
     project = own_files
     original = read_params(project)
@@ -179,6 +186,7 @@ def test_a_label_function_is_tracked_by_its_module(own_files: Path) -> None:
         _labels_then_touch(project)
 
 
+@ON_OWN_FILES
 def test_each_params_section_reruns_the_stages_that_read_it(own_files: Path) -> None:
     project = own_files
     original = read_params(project)
