@@ -29,6 +29,28 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     return max(1, min(cpus or 1, 8))
 
 
+# The longest tests of the dag half (each runs one or two whole DAGs of its own, 2-5 minutes on
+# 2 cores), started first: xdist hands tests out in collection order, and the README
+# walkthrough, collected last, ran alone on one worker for its last 280 s while the other idled.
+LONGEST_FIRST = (
+    "tests/test_walkthrough.py::",
+    "tests/test_dag.py::test_dvc_repro_runs_each_layout",
+    "tests/test_inputs.py::",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Start the longest tests first (a stable sort: the rest keep their order)."""
+
+    def rank(item: pytest.Item) -> int:
+        return next(
+            (i for i, prefix in enumerate(LONGEST_FIRST) if item.nodeid.startswith(prefix)),
+            len(LONGEST_FIRST),
+        )
+
+    items.sort(key=rank)
+
+
 @pytest.fixture(autouse=True)
 def own_tracking_store(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test's projects record to their own `mlflow.db`: `mlflow.set_tracking_uri` (which
