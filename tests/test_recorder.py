@@ -141,7 +141,9 @@ def test_a_stage_that_dies_unclosed_is_killed(tmp_path: Path) -> None:
 
 def test_one_recorder_per_project_ending_when_idle(tmp_path: Path) -> None:
     (tmp_path / ".pets").mkdir()
-    first = threading.Thread(target=serve, args=(tmp_path, 0.5))
+    # Idle for 3 s: the checks below must see it before it ends, on a machine busy with other
+    # tests (0.5 s was once missed).
+    first = threading.Thread(target=serve, args=(tmp_path, 3.0))
     first.start()
     _wait(lambda: recorder_running(tmp_path), "the recorder to hold its lock")
     started = time.monotonic()

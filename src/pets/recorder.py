@@ -502,6 +502,9 @@ def drain(store: Path, seconds: float = 300.0) -> bool:
     return True
 
 
+LOCK_RETRY = 0.3  # seconds: far longer than a check holds the lock, far shorter than a run
+
+
 def serve(store: Path, idle: float = IDLE) -> None:
     """The recorder's loop: hold the recorder lock, record journals as they come, and end after
     `idle` seconds with none (or at once if another recorder holds the lock)."""
@@ -509,10 +512,17 @@ def serve(store: Path, idle: float = IDLE) -> None:
 
     lock = recorder_lock(store)
     with open(lock, "a") as handle:
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return
+        # A stage's check (`recorder_running`) holds the lock for an instant: a recorder that
+        # starts in that instant tries again for a moment rather than end with nothing running.
+        deadline = time.monotonic() + LOCK_RETRY
+        while True:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    return
+                time.sleep(0.02)
         recorder = Recorder(store)
         quiet_since = time.monotonic()
         while True:
