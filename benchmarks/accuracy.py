@@ -264,6 +264,7 @@ def fastai(
     place of `--finetune-lr`."""
     import torch
 
+    lr = finetune_lr or args.finetune_lr
     saved = torch.load(files["checkpoint"], map_location="cpu", weights_only=True)
     command = [
         str(args.fastai_python),
@@ -274,8 +275,7 @@ def fastai(
         *("--epochs", args.epochs, "--lr", args.lr, "--num-it", args.num_it),
         *("--finetune-epochs", args.finetune_epochs, "--seed", seed),
         "--finetune-lr",
-        ",".join(map(str, finetune_lr or []))
-        or ("auto" if args.finetune_lr == "auto" else ",".join(map(str, args.finetune_lr))),
+        "auto" if lr == "auto" else ",".join(map(str, lr)),
         "--mean",
         *saved["mean"],
         "--std",
@@ -340,6 +340,17 @@ def table(runs: dict[str, list[dict]]) -> list[dict[str, object]]:
     return rows
 
 
+def valley_line(label: str, ours: list[dict], theirs: list[dict]) -> str:
+    """pets' lr_find valley over the other side's, seed by seed, and whether all are within 10x."""
+    ratios = [
+        o["lr_find"]["suggestions"]["valley"] / t["lr_find"]["suggestions"]["valley"]
+        for o, t in zip(ours, theirs, strict=False)
+    ]
+    far = any(not 0.1 <= r <= 10 for r in ratios)
+    shown = " ".join(f"{r:.2g}" for r in ratios)
+    return f"{label}: {shown}: {'OUTSIDE 10x' if far else 'ok'}"
+
+
 def verdict(runs: dict[str, list[dict]]) -> list[str]:
     """Issue 16's done condition, checked: pets' mean error within one sd of fastai's or better
     at each stage, and pets' lr_find valley (what `finetune.lr: auto` reads) within 10x of
@@ -356,24 +367,11 @@ def verdict(runs: dict[str, list[dict]]) -> list[str]:
             f"{stage}: pets {ours:.4f} vs fastai {statistics.mean(theirs):.4f} + sd {sd:.4f} = "
             f"{bound:.4f}: {'ok' if ours <= bound + 1e-9 else 'TRAILS'}"
         )
-    ratios = [
-        o["lr_find"]["suggestions"]["valley"] / t["lr_find"]["suggestions"]["valley"]
-        for o, t in zip(runs["pets"], runs["fastai"], strict=False)
-    ]
-    far = any(not 0.1 <= r <= 10 for r in ratios)
-    shown = " ".join(f"{r:.2g}" for r in ratios)
-    lines.append(f"valley pets/fastai per seed: {shown}: {'OUTSIDE 10x' if far else 'ok'}")
+    lines.append(valley_line("valley pets/fastai per seed", runs["pets"], runs["fastai"]))
     if PAIRED in runs:  # the same stage-1 model on both sides, finetuned at the same lr
         pairs = list(zip(runs["pets"], runs[PAIRED], strict=True))
-        ratios = [
-            o["lr_find"]["suggestions"]["valley"] / t["lr_find"]["suggestions"]["valley"]
-            for o, t in pairs
-        ]
-        far = any(not 0.1 <= r <= 10 for r in ratios)
-        shown = " ".join(f"{r:.2g}" for r in ratios)
         lines.append(
-            f"valley pets/fastai on the same stage-1 model: {shown}: "
-            f"{'OUTSIDE 10x' if far else 'ok'}"
+            valley_line("valley pets/fastai on the same stage-1 model", runs["pets"], runs[PAIRED])
         )
         for measure in ("error_rate", "valid_loss"):
             gaps = [o["finetune"][measure] - t["finetune"][measure] for o, t in pairs]

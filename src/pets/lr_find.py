@@ -67,10 +67,8 @@ def sweep(
     from pets.train import SmoothedLoss, adamw, data_parallel, param_groups
 
     cuda = compute.device.type == "cuda"
-    optimizer = adamw(param_groups(model, split, [start_lr] * 3, wd), fused=cuda)
-    if momentum is not None:
-        for group in optimizer.param_groups:
-            group["betas"] = (momentum, group["betas"][1])
+    groups = param_groups(model, split, [start_lr] * 3, wd)
+    optimizer = adamw(groups, fused=cuda, **({} if momentum is None else {"beta1": momentum}))
     scaler = compute.grad_scaler()  # fp16: as in training (a pass-through otherwise)
     smoothed, best = SmoothedLoss(), math.inf
     rows = []

@@ -80,9 +80,10 @@ def one_cycle(
     )
 
 
-def adamw(groups: list[dict], fused: bool = False) -> torch.optim.AdamW:
-    """fastai's Adam settings with decoupled weight decay (`fused`: one kernel per step, CUDA)."""
-    return torch.optim.AdamW(groups, betas=(0.9, 0.99), eps=1e-5, fused=fused or None)
+def adamw(groups: list[dict], fused: bool = False, beta1: float = 0.9) -> torch.optim.AdamW:
+    """fastai's Adam settings with decoupled weight decay (`fused`: one kernel per step, CUDA;
+    `beta1`: the momentum, which a one-cycle schedule then sets every batch)."""
+    return torch.optim.AdamW(groups, betas=(beta1, 0.99), eps=1e-5, fused=fused or None)
 
 
 @dataclass
