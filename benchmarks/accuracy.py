@@ -35,9 +35,14 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 from common import REPO, merge, report, tool_env  # benchmarks/common.py
+
+if TYPE_CHECKING:  # numpy and Pillow load only when photos are made
+    import numpy as np
+    from PIL import Image
 
 STAGES = ("train_frozen", "lr_find", "finetune")
 
@@ -45,10 +50,13 @@ STAGES = ("train_frozen", "lr_find", "finetune")
 DIGITS = "digits"  # --data digits: real handwritten digits that come with scikit-learn
 
 
-def digits_folder(work: Path, per_class: int = 40) -> Path:
+def digits_folder(work: Path, per_class: int = 40, size: tuple[int, int] | None = None) -> Path:
     """scikit-learn's handwritten digits (real scans from UCI, 8x8 grey levels, offline) as a
     labelled folder `<digit>/<n>.jpg`: `per_class` of each digit, dark ink on light paper,
-    scaled to 96 px (bicubic) and saved as JPEG, for a real-photo set that needs no download."""
+    scaled to 96 px (bicubic) and saved as JPEG, for a real-photo set that needs no download.
+    With `size` (width, height), each is instead a photo of that size of the digit on a sheet
+    of paper: a 60-75% square of the short side at a jittered place, uneven light and sensor
+    noise, so several-megapixel JPEGs go through the decode and downscale paths of both sides."""
     import numpy as np
     from PIL import Image
     from sklearn.datasets import load_digits
@@ -56,17 +64,45 @@ def digits_folder(work: Path, per_class: int = 40) -> Path:
     digits = load_digits()
     folder = work / "digits"
     counts: dict[int, int] = {}
-    for pixels, label in zip(digits.images, digits.target, strict=True):
+    for index, (pixels, label) in enumerate(zip(digits.images, digits.target, strict=True)):
         label = int(label)
         if counts.get(label, 0) >= per_class:
             continue
         counts[label] = counts.get(label, 0) + 1
         grey = (255 - pixels * (255 / 16)).clip(0, 255).astype(np.uint8)
-        photo = Image.fromarray(grey).resize((96, 96), Image.BICUBIC).convert("RGB")
+        if size is None:
+            photo = Image.fromarray(grey).resize((96, 96), Image.BICUBIC).convert("RGB")
+        else:
+            photo = digit_on_paper(grey, size, np.random.default_rng(index))
         path = folder / str(label) / f"{counts[label]}.jpg"
         path.parent.mkdir(parents=True, exist_ok=True)
-        photo.save(path, quality=95)
+        photo.save(path, quality=95 if size is None else 90)
     return folder
+
+
+def digit_on_paper(
+    grey: np.ndarray, size: tuple[int, int], rng: np.random.Generator
+) -> Image.Image:
+    """One 8x8 digit photographed on paper at `size`: bicubic to a square of 60-75% of the
+    short side, placed with jitter on a sheet lit unevenly, with per-pixel sensor noise."""
+    import numpy as np
+    from PIL import Image
+
+    width, height = size
+    side = int(min(size) * rng.uniform(0.6, 0.75))
+    ink = np.asarray(Image.fromarray(grey).resize((side, side), Image.BICUBIC), np.float32)
+    slope = rng.uniform(-12, 12, size=2).astype(np.float32) / max(size)
+    across = np.arange(width, dtype=np.float32) * slope[0]
+    down = np.arange(height, dtype=np.float32)[:, None] * slope[1]
+    sheet = np.float32(rng.uniform(200, 235)) + across + down
+    # inside the centre square, which both sides' validation crop keeps
+    left = int(rng.uniform(0.35, 0.65) * (width - side))
+    top = int(rng.uniform(0.35, 0.65) * (height - side))
+    sheet[top : top + side, left : left + side] *= ink / 255.0
+    tint = rng.uniform(0.95, 1.05, size=3).astype(np.float32)
+    noise = rng.standard_normal((height, width, 3), dtype=np.float32) * 5
+    pixels = sheet[..., None] * tint + noise
+    return Image.fromarray(pixels.clip(0, 255).astype(np.uint8))
 
 
 LITE0 = "lite0"  # --weights lite0: real ImageNet weights that install offline
@@ -87,11 +123,13 @@ def lite0_weights(work: Path) -> Path:
     return path
 
 
-def photos_folder(data: Path, work: Path) -> Path:
+def photos_folder(
+    data: Path, work: Path, digits_per_class: int = 40, digits_size: tuple[int, int] | None = None
+) -> Path:
     """`data` itself, the folder an archive extracts to (its single top folder), or for
-    `digits` scikit-learn's handwritten digits written as photos."""
+    `digits` scikit-learn's handwritten digits written as photos (`digits_size`: on paper)."""
     if str(data) == DIGITS:
-        return digits_folder(work)
+        return digits_folder(work, digits_per_class, digits_size)
     if data.is_dir():
         return data
     if not data.is_file():
@@ -383,6 +421,17 @@ def verdict(runs: dict[str, list[dict]]) -> list[str]:
     return lines
 
 
+def photo_size(text: str) -> tuple[int, int]:
+    """`WIDTHxHEIGHT` as a pair of positive ints (argparse type)."""
+    try:
+        width, height = (int(x) for x in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not WIDTHxHEIGHT, e.g. 2592x1984") from None
+    if width < 8 or height < 8:
+        raise argparse.ArgumentTypeError(f"{text!r}: both sides must be at least 8 pixels")
+    return width, height
+
+
 def quick_photos(work: Path) -> Path:
     """A tiny generated Pets-like set for --quick."""
     from pets.synthetic import make_pets
@@ -401,6 +450,18 @@ def main() -> None:
         type=Path,
         help="labelled photo folder or archive, or `digits` (scikit-learn's handwritten digits, "
         "with --labels method=folder folder= train_folder=)",
+    )
+    parser.add_argument(
+        "--digits-per-class",
+        type=int,
+        default=40,
+        help="--data digits: photos of each digit (40; scikit-learn has 174-183 of each)",
+    )
+    parser.add_argument(
+        "--digits-size",
+        type=photo_size,
+        help="WIDTHxHEIGHT: --data digits as photos of this size of each digit on paper "
+        "(e.g. 2592x1984, several megapixels), not 96 px crops",
     )
     parser.add_argument("--labels", nargs="*", default=[], help="labels section, key=value")
     parser.add_argument("--arch", default="resnet34")
@@ -429,6 +490,8 @@ def main() -> None:
         "the project's finetune lr: the same model and lr on both sides",
     )
     args = parser.parse_args()
+    if args.digits_per_class < 1:
+        parser.error(f"--digits-per-class: {args.digits_per_class} is not a positive count")
     if args.finetune_lr != "auto":
         args.finetune_lr = [float(x) for x in args.finetune_lr.split(",")]
     args.seeds = args.seeds or ([1, 2] if args.quick else [1, 2, 3])
@@ -442,7 +505,11 @@ def main() -> None:
         if args.keep:
             args.keep.mkdir(parents=True)
             work = args.keep.resolve()
-        dataset = quick_photos(work) if args.quick else photos_folder(args.data, work)
+        dataset = (
+            quick_photos(work)
+            if args.quick
+            else photos_folder(args.data, work, args.digits_per_class, args.digits_size)
+        )
         if args.weights == LITE0:
             args.arch, args.weights = "timm:tf_efficientnet_lite0", str(lite0_weights(work))
         files = prepare(args, dataset, work)

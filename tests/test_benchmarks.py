@@ -41,3 +41,35 @@ def test_benchmark_runs_in_short_mode(script: str, results: str, tmp_path: Path)
 
 def test_gpu_check_script_is_valid_bash() -> None:
     assert subprocess.run(["bash", "-n", str(REPO / "benchmarks" / "gpu_check.sh")]).returncode == 0
+
+
+def test_digits_on_paper_are_photos_of_the_size_asked_with_the_digit_in_the_centre_square(
+    tmp_path: Path,
+) -> None:
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import accuracy
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    import numpy as np
+    from PIL import Image
+
+    folder = accuracy.digits_folder(tmp_path, per_class=2, size=(400, 300))
+    photos = sorted(folder.glob("*/*.jpg"))
+    assert len(photos) == 20 and {p.parent.name for p in photos} == {str(d) for d in range(10)}
+    for path in photos:
+        with Image.open(path) as photo:
+            assert photo.size == (400, 300) and photo.format == "JPEG"
+            grey = np.asarray(photo.convert("L"), np.float32)
+        ink = np.argwhere(grey < 120)  # paper is 190-245 with noise; the strokes are dark
+        assert len(ink) > 500
+        # inside the centre 300x300 square (columns 50-349), which a validation crop keeps
+        assert ink[:, 1].min() >= 50 and ink[:, 1].max() < 350
+    refused = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "accuracy.py"), "--digits-size", "big"],
+        capture_output=True,
+        text=True,
+        env=tool_env(),
+    )
+    assert refused.returncode == 2
+    assert "--digits-size: 'big' is not WIDTHxHEIGHT" in refused.stderr.strip().splitlines()[-1]
