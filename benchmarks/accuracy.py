@@ -16,10 +16,12 @@ losses; writes benchmarks/results/accuracy.json.
     python benchmarks/accuracy.py --data PHOTOS --weights lite0.pth \\
         --arch timm:tf_efficientnet_lite0 --fastai-python /path/to/fastai-venv/bin/python
 
-`--paired` adds a third side, fastai@pets: fastai's lr_find and finetune started from each
+`--paired` adds two crossed sides. fastai@pets: fastai's lr_find and finetune started from each
 seed's project stage-1 model (weights and the momentum its fit ended at), finetuned at the
 project's learning rates, so the unfrozen phase and lr_find are compared on the very same model
-(the seeds' own frozen fits differ by more than the two libraries do).
+(the seeds' own frozen fits differ by more than the two libraries do). pets@fastai: the
+project's lr_find and finetune stages started from fastai's stage-1 model of each seed, at the
+learning rates its own lr_find picks, so a finetune gap can be told apart from a stage-1 one.
 
 `--quick`: generated photos, tiny sizes, `weights: none` (CI; fastai only when its python is
 given). `--labels key=value` sets the labels section (e.g. `method=folder folder=`).
@@ -225,22 +227,51 @@ def ours(args: argparse.Namespace, files: dict[str, Path], work: Path, seed: int
     params = folder / "params.yaml"
     params.write_text(yaml.safe_dump(settings(args, seed)))
     data = {k: files[k] for k in ("split", "classes", "cache")}
-    outputs = {}
-    for stage in ("train_frozen", "finetune"):
-        outputs[stage] = {
-            "model": folder / f"{stage}.pth",
-            "metrics": folder / f"{stage}.json",
-            "history": folder / f"{stage}.csv",
-            "model_info": folder / f"{stage}-info.json",
-        }
-    run(script("train_frozen", work, params=params, **data, **outputs["train_frozen"]), work)
+    frozen = {
+        "model": folder / "train_frozen.pth",
+        "metrics": folder / "train_frozen.json",
+        "history": folder / "train_frozen.csv",
+        "model_info": folder / "train_frozen-info.json",
+    }
+    run(script("train_frozen", work, params=params, **data, **frozen), work)
+    return {"train_frozen": stage_result(frozen), **unfrozen(files, work, folder, frozen["model"])}
+
+
+def stage_result(output: dict[str, Path]) -> dict:
+    """A project stage's error rate, losses, epoch seconds and last learning rates."""
+    import pandas as pd
+
+    metrics = json.loads(output["metrics"].read_text())
+    info = json.loads(output["model_info"].read_text())
+    return {
+        "error_rate": metrics["error_rate"],
+        "valid_loss": metrics["valid_loss"],
+        "train_loss": metrics["train_loss"],
+        "epoch_seconds": pd.read_csv(output["history"])["time"].tolist(),
+        "lr": info["lr"][-1],
+    }
+
+
+def unfrozen(files: dict[str, Path], work: Path, folder: Path, checkpoint: Path) -> dict:
+    """The project's lr_find and finetune stages from a stage-1 `checkpoint`, with the params
+    in `folder`, writing there."""
+    import pandas as pd
+
+    params = folder / "params.yaml"
+    data = {k: files[k] for k in ("split", "classes", "cache")}
+    finetune = {
+        "model": folder / "finetune.pth",
+        "metrics": folder / "finetune.json",
+        "history": folder / "finetune.csv",
+        "model_info": folder / "finetune-info.json",
+    }
     suggestions = folder / "lr_find.json"
     run(
         script(
             "lr_find",
             work,
             params=params,
-            checkpoint=outputs["train_frozen"]["model"],
+            checkpoint=checkpoint,
             **data,
             curve=folder / "lr_find.csv",
             figure=folder / "lr_find.png",
@@ -254,36 +285,56 @@ def ours(args: argparse.Namespace, files: dict[str, Path], work: Path, seed: int
             "finetune",
             work,
             params=params,
-            checkpoint=outputs["train_frozen"]["model"],
+            checkpoint=checkpoint,
             lr_find=suggestions,
             **data,
-            **outputs["finetune"],
+            **finetune,
         ),
         work,
     )
-    import pandas as pd
-
-    result = {}
-    for stage in ("train_frozen", "finetune"):
-        metrics = json.loads(outputs[stage]["metrics"].read_text())
-        history = pd.read_csv(outputs[stage]["history"])
-        info = json.loads(outputs[stage]["model_info"].read_text())
-        result[stage] = {
-            "error_rate": metrics["error_rate"],
-            "valid_loss": metrics["valid_loss"],
-            "train_loss": metrics["train_loss"],
-            "epoch_seconds": history["time"].tolist(),
-            "lr": info["lr"][-1],
-        }
     curve = pd.read_csv(folder / "lr_find.csv")
     found = json.loads(suggestions.read_text())
-    result["lr_find"] = {
-        "suggestions": {name: point["lr"] for name, point in found.items()},
-        "first_smoothed_loss": float(curve["smoothed_loss"].iloc[0]),
-        "first_losses": curve["smoothed_loss"].head(5).tolist(),
-        "curve": {"lr": curve["lr"].tolist(), "smoothed_loss": curve["smoothed_loss"].tolist()},
+    return {
+        "finetune": stage_result(finetune),
+        "lr_find": {
+            "suggestions": {name: point["lr"] for name, point in found.items()},
+            "first_smoothed_loss": float(curve["smoothed_loss"].iloc[0]),
+            "first_losses": curve["smoothed_loss"].head(5).tolist(),
+            "curve": {
+                "lr": curve["lr"].tolist(),
+                "smoothed_loss": curve["smoothed_loss"].tolist(),
+            },
+        },
     }
-    return result
+
+
+CROSSED = "pets@fastai"  # the project's lr_find and finetune on fastai's stage-1 model
+
+
+def ours_from_fastai(
+    args: argparse.Namespace, files: dict[str, Path], work: Path, seed: int, stage1: Path
+) -> dict:
+    """The project's lr_find and finetune from fastai's stage-1 model for `seed` (its tensors
+    laid in order onto the project's own checkpoint of that seed, with fastai's momentum)."""
+    import torch
+
+    folder = work / f"{CROSSED.replace('@', '-on-')}-{seed}"
+    folder.mkdir()
+    (folder / "params.yaml").write_text(yaml.safe_dump(settings(args, seed)))
+    checkpoint = torch.load(
+        work / f"ours-{seed}" / "train_frozen.pth", map_location="cpu", weights_only=True
+    )
+    theirs = torch.load(stage1, map_location="cpu", weights_only=True)
+    names = list(checkpoint["model"])
+    if [t.shape for t in theirs["tensors"]] != [checkpoint["model"][n].shape for n in names]:
+        sys.exit(f"{stage1}: fastai's stage-1 tensors do not match the project's model")
+    checkpoint["model"] = dict(zip(names, theirs["tensors"], strict=True))
+    checkpoint["momentum"] = theirs["momentum"]
+    torch.save(checkpoint, folder / "train_frozen.pth")
+    result = unfrozen(files, work, folder, folder / "train_frozen.pth")
+    # no frozen fit of its own: fastai's stage-1 numbers are on the fastai side
+    nothing = {"error_rate": None, "valid_loss": None, "train_loss": None, "epoch_seconds": []}
+    return {"train_frozen": nothing, **result}
 
 
 PAIRED = "fastai@pets"  # fastai's lr_find and finetune on the project's stage-1 model
@@ -296,10 +347,11 @@ def fastai(
     seed: int,
     init: Path | None = None,
     finetune_lr: list[float] | None = None,
+    save_stage1: Path | None = None,
 ) -> dict:
     """fastai 2.8's run of the same recipe for one seed, in its own environment; with `init`,
     from the project's stage-1 checkpoint (no frozen fit of its own), and `finetune_lr` in
-    place of `--finetune-lr`."""
+    place of `--finetune-lr`; `save_stage1` keeps its stage-1 model for `ours_from_fastai`."""
     import torch
 
     lr = finetune_lr or args.finetune_lr
@@ -321,6 +373,7 @@ def fastai(
         "--split-at",
         saved["split"],
         *(["--init", init] if init else []),
+        *(["--save-stage1", save_stage1] if save_stage1 else []),
     ]
     output = run([str(part) for part in command], REPO)
     line = next(x for x in output.splitlines() if x.startswith("RESULT "))
@@ -344,7 +397,8 @@ def table(runs: dict[str, list[dict]]) -> list[dict[str, object]]:
             epochs = [s for r in results for s in r[stage]["epoch_seconds"][1:]] or [
                 s for r in results for s in r[stage]["epoch_seconds"]
             ]
-            # PAIRED's train_frozen is fastai validating the project's model: no epochs.
+            # PAIRED's train_frozen is fastai validating the project's model: no epochs;
+            # CROSSED has no train_frozen of its own.
             rows.append(
                 {
                     "side": side,
@@ -353,7 +407,10 @@ def table(runs: dict[str, list[dict]]) -> list[dict[str, object]]:
                     "valid_loss": spread([r[stage]["valid_loss"] for r in results]),
                     "train_loss": spread([r[stage]["train_loss"] for r in results]),
                     "s/epoch": statistics.median(epochs) if epochs else "",
-                    "errors": " ".join(f"{r[stage]['error_rate']:.3f}" for r in results),
+                    "errors": " ".join(
+                        "-" if r[stage]["error_rate"] is None else f"{r[stage]['error_rate']:.3f}"
+                        for r in results
+                    ),
                 }
             )
         for name in ("valley", "minimum", "steep", "slide"):
@@ -389,6 +446,23 @@ def valley_line(label: str, ours: list[dict], theirs: list[dict]) -> str:
     return f"{label}: {shown}: {'OUTSIDE 10x' if far else 'ok'}"
 
 
+def paired_lines(label: str, ours: list[dict], theirs: list[dict]) -> list[str]:
+    """For runs paired seed by seed on one stage-1 model: the valley ratios, and pets' finetune
+    error rate and valid loss minus fastai's (mean and standard error)."""
+    lines = [valley_line(f"valley pets/fastai, {label}", ours, theirs)]
+    for measure in ("error_rate", "valid_loss"):
+        gaps = [
+            o["finetune"][measure] - t["finetune"][measure]
+            for o, t in zip(ours, theirs, strict=True)
+        ]
+        se = statistics.stdev(gaps) / len(gaps) ** 0.5 if len(gaps) > 1 else 0.0
+        lines.append(
+            f"finetune {measure} pets - fastai, {label}: "
+            f"{statistics.mean(gaps):+.4f} (standard error {se:.4f})"
+        )
+    return lines
+
+
 def verdict(runs: dict[str, list[dict]]) -> list[str]:
     """Issue 16's done condition, checked: pets' mean error within one sd of fastai's or better
     at each stage, and pets' lr_find valley (what `finetune.lr: auto` reads) within 10x of
@@ -407,17 +481,9 @@ def verdict(runs: dict[str, list[dict]]) -> list[str]:
         )
     lines.append(valley_line("valley pets/fastai per seed", runs["pets"], runs["fastai"]))
     if PAIRED in runs:  # the same stage-1 model on both sides, finetuned at the same lr
-        pairs = list(zip(runs["pets"], runs[PAIRED], strict=True))
-        lines.append(
-            valley_line("valley pets/fastai on the same stage-1 model", runs["pets"], runs[PAIRED])
-        )
-        for measure in ("error_rate", "valid_loss"):
-            gaps = [o["finetune"][measure] - t["finetune"][measure] for o, t in pairs]
-            se = statistics.stdev(gaps) / len(gaps) ** 0.5 if len(gaps) > 1 else 0.0
-            lines.append(
-                f"finetune {measure} pets - fastai, same stage-1 and lr: "
-                f"{statistics.mean(gaps):+.4f} (standard error {se:.4f})"
-            )
+        lines += paired_lines("same stage-1 and lr", runs["pets"], runs[PAIRED])
+    if CROSSED in runs:  # fastai's stage-1 model on both sides, each at its own lr_find's lr
+        lines += paired_lines("both from fastai's stage-1", runs[CROSSED], runs["fastai"])
     return lines
 
 
@@ -487,7 +553,8 @@ def main() -> None:
         "--paired",
         action="store_true",
         help="also run fastai's lr_find and finetune from each seed's project stage-1 model, at "
-        "the project's finetune lr: the same model and lr on both sides",
+        "the project's finetune lr (fastai@pets), and the project's from fastai's stage-1 model "
+        "(pets@fastai)",
     )
     args = parser.parse_args()
     if args.digits_per_class < 1:
@@ -521,7 +588,8 @@ def main() -> None:
             files["checkpoint"] = work / f"ours-{args.seeds[0]}" / "train_frozen.pth"
             runs["fastai"] = []
             for seed in args.seeds:
-                runs["fastai"].append(fastai(args, files, dataset, seed))
+                stage1 = work / f"fastai-{seed}-stage1.pt" if args.paired else None
+                runs["fastai"].append(fastai(args, files, dataset, seed, save_stage1=stage1))
                 print(f"fastai seed {seed}: {json.dumps(runs['fastai'][-1])}", flush=True)
             if args.paired:
                 runs[PAIRED] = []
@@ -530,6 +598,11 @@ def main() -> None:
                     lr = ours_run["finetune"]["lr"]  # per layer group: low, middle, high
                     runs[PAIRED].append(fastai(args, files, dataset, seed, init, [lr[0], lr[-1]]))
                     print(f"{PAIRED} seed {seed}: {json.dumps(runs[PAIRED][-1])}", flush=True)
+                runs[CROSSED] = []
+                for seed in args.seeds:
+                    stage1 = work / f"fastai-{seed}-stage1.pt"
+                    runs[CROSSED].append(ours_from_fastai(args, files, work, seed, stage1))
+                    print(f"{CROSSED} seed {seed}: {json.dumps(runs[CROSSED][-1])}", flush=True)
         split = (work / "split.csv").read_text().splitlines()
         extra = {
             "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},

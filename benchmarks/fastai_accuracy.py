@@ -193,7 +193,21 @@ def arguments() -> argparse.ArgumentParser:
         help="start from the project's stage-1 checkpoint (weights and momentum) in "
         "place of fastai's own frozen fit: lr_find and finetune on the very same model",
     )
+    parser.add_argument(
+        "--save-stage1",
+        type=Path,
+        help="save fastai's stage-1 model here after its frozen fit (every tensor, in order, "
+        "and the momentum its schedule ended at), for the project's stages to start from",
+    )
     return parser
+
+
+def save_stage1(learn, path: Path) -> None:
+    """fastai's stage-1 model as its tensors in order plus the optimizer's momentum, the form
+    accuracy.py lays onto a project checkpoint (the two build the same body and head)."""
+    tensors = [t.detach().cpu().clone() for t in learn.model.state_dict().values()]
+    momentum = float(learn.opt.hypers[-1]["mom"])
+    torch.save({"tensors": tensors, "momentum": momentum}, path)
 
 
 def main() -> None:
@@ -215,6 +229,8 @@ def main() -> None:
             }
         else:
             out["train_frozen"] = fit(learn, args.epochs, slice(args.lr))
+            if args.save_stage1:
+                save_stage1(learn, args.save_stage1)
         learn.unfreeze()
         found = learn.lr_find(
             num_it=args.num_it, show_plot=False, suggest_funcs=(valley, minimum, steep, slide)
