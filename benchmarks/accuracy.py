@@ -227,14 +227,19 @@ def ours(args: argparse.Namespace, files: dict[str, Path], work: Path, seed: int
     params = folder / "params.yaml"
     params.write_text(yaml.safe_dump(settings(args, seed)))
     data = {k: files[k] for k in ("split", "classes", "cache")}
-    frozen = {
-        "model": folder / "train_frozen.pth",
-        "metrics": folder / "train_frozen.json",
-        "history": folder / "train_frozen.csv",
-        "model_info": folder / "train_frozen-info.json",
-    }
+    frozen = stage_outputs(folder, "train_frozen")
     run(script("train_frozen", work, params=params, **data, **frozen), work)
     return {"train_frozen": stage_result(frozen), **unfrozen(files, work, folder, frozen["model"])}
+
+
+def stage_outputs(folder: Path, stage: str) -> dict[str, Path]:
+    """A training stage's outputs in `folder`, by the names its script's options take."""
+    return {
+        "model": folder / f"{stage}.pth",
+        "metrics": folder / f"{stage}.json",
+        "history": folder / f"{stage}.csv",
+        "model_info": folder / f"{stage}-info.json",
+    }
 
 
 def stage_result(output: dict[str, Path]) -> dict:
@@ -259,12 +264,7 @@ def unfrozen(files: dict[str, Path], work: Path, folder: Path, checkpoint: Path)
 
     params = folder / "params.yaml"
     data = {k: files[k] for k in ("split", "classes", "cache")}
-    finetune = {
-        "model": folder / "finetune.pth",
-        "metrics": folder / "finetune.json",
-        "history": folder / "finetune.csv",
-        "model_info": folder / "finetune-info.json",
-    }
+    finetune = stage_outputs(folder, "finetune")
     suggestions = folder / "lr_find.json"
     run(
         script(
