@@ -44,13 +44,10 @@ def test_gpu_check_script_is_valid_bash() -> None:
 
 
 def test_digits_on_paper_are_photos_of_the_size_asked_with_the_digit_in_the_centre_square(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        import accuracy
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import accuracy
     import numpy as np
     from PIL import Image
 
